@@ -1,0 +1,167 @@
+"""Steady-state signal equations, one pure function per sequence (SPEC §4).
+
+Every function is element-wise over broadcastable torch tensors and never writes into its inputs.
+Conventions, for every function here:
+
+Tissue parameters
+    pd   proton density (arbitrary units or percent water)
+    r1   longitudinal relaxation rate 1/T1, in 1/s
+    r2s  effective transverse relaxation rate R2*, in 1/s
+    r2   transverse relaxation rate R2, in 1/s (spin-echo sequences)
+    mt   magnetisation-transfer saturation, in percent units (0-100)
+Fields
+    b1t  transmit field scale (1 = nominal flip angle); ``None`` means 1
+Sequence parameters
+    times (tr, te, ti, tx, ...) in seconds, flip angles in degrees
+
+Pulses are ideal and instantaneous and spoiling is ideal.  Feasibility of the timings is checked
+by the caller (:func:`qmricore.physics.simulate`), not here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+Tensor = torch.Tensor
+Field = Tensor | float | None
+
+
+def _angle(b1t: Field, degrees: float) -> tuple[Tensor | float, Tensor | float]:
+    """cos and sin of the actual flip ``b1t * degrees``; plain floats when b1t is not a volume."""
+    if isinstance(b1t, Tensor) and b1t.dim() > 0:
+        rad = b1t * math.radians(degrees)
+        return torch.cos(rad), torch.sin(rad)
+    rad = math.radians(degrees) * (1.0 if b1t is None else float(b1t))
+    return math.cos(rad), math.sin(rad)
+
+
+def _e(r1: Tensor, t: float) -> Tensor:
+    """Longitudinal recovery factor E(t) = exp(-R1 t)."""
+    return torch.exp(r1 * -t)
+
+
+def spgr(pd: Tensor, r1: Tensor, r2s: Tensor, *, tr: float, te: float, flip: float,
+         mt: Tensor | None = None, b1t: Field = None) -> Tensor:
+    """Spoiled gradient echo (SPGR / FLASH), optionally with an MT pulse before each excitation.
+
+    ``S = PD sin a (1-d)(1-E(TR)) / (1 - (1-d) cos a E(TR)) exp(-R2* TE)`` with ``d = mt/100``
+    (``d = 0`` without an MT map) and ``a = b1t * flip``.
+    """
+    cos_a, sin_a = _angle(b1t, flip)
+    e_tr = _e(r1, tr)
+    keep = 1.0 if mt is None else 1.0 - mt * 0.01
+    return pd * sin_a * keep * (1.0 - e_tr) / (1.0 - keep * cos_a * e_tr) * torch.exp(r2s * -te)
+
+
+def spin_echo(pd: Tensor, r1: Tensor, r2: Tensor, *, tr: float, te: float, b1t: Field = None) -> Tensor:
+    """Single spin echo (FSE at its effective TE): 90° excitation, 180° refocusing, both scaled by b1t.
+
+    ``Mz = PD [1 - E(TR-TE/2) + E(TR-TE/2) cos b (1-E(TE/2))] / (1 - E(TR) cos a cos b)``,
+    ``S = |Mz| sin a sin²(b/2) exp(-R2 TE)``; at b1t = 1 this is
+    ``PD exp(-R2 TE) (1 - 2 E(TR-TE/2) + E(TR))``.
+    """
+    cos_a, sin_a = _angle(b1t, 90.0)
+    cos_b, _ = _angle(b1t, 180.0)
+    e_half = _e(r1, 0.5 * te)
+    e_rest = _e(r1, tr - 0.5 * te)
+    mz = pd * (1.0 - e_rest + e_rest * cos_b * (1.0 - e_half)) / (1.0 - e_rest * e_half * cos_a * cos_b)
+    return mz.abs() * (sin_a * (0.5 - 0.5 * cos_b)) * torch.exp(r2 * -te)
+
+
+def flair(pd: Tensor, r1: Tensor, r2: Tensor, *, tr: float, te: float, ti: float, b1t: Field = None) -> Tensor:
+    """Inversion-recovery spin echo (FLAIR, STIR): 180° inversion, TI, 90°, TE/2, 180°, echo at TE.
+
+    TR runs from inversion to inversion, TI from the inversion to the excitation.  With the inversion
+    and refocusing angle ``b = b1t 180°`` and excitation ``a = b1t 90°``:
+    ``Mz(TI) = [PD(1-E(TI)) + E(TI) cos b X] / (1 - E(TI) cos b cos b E(TR-TI) cos a)``,
+    ``X = PD(1-E(TR-TI-TE/2)) + E(TR-TI-TE/2) cos b PD (1-E(TE/2))``,
+    ``S = |Mz(TI)| sin a sin²(b/2) exp(-R2 TE)``; at b1t = 1 this is
+    ``PD exp(-R2 TE) |1 - 2E(TI) + 2E(TR-TE/2) - E(TR)|``.
+    """
+    cos_a, sin_a = _angle(b1t, 90.0)
+    cos_b, _ = _angle(b1t, 180.0)
+    e_ti = _e(r1, ti)
+    e_half = _e(r1, 0.5 * te)
+    e_rest = _e(r1, tr - ti - 0.5 * te)
+    x = pd * (1.0 - e_rest + e_rest * cos_b * (1.0 - e_half))
+    mz = (pd * (1.0 - e_ti) + e_ti * cos_b * x) / (1.0 - e_ti * e_rest * e_half * (cos_b * cos_b) * cos_a)
+    return mz.abs() * (sin_a * (0.5 - 0.5 * cos_b)) * torch.exp(r2 * -te)
+
+
+def centre_index(n: int) -> int:
+    """1-based index of the readout pulse that samples the k-space centre: ``n // 2 + 1``."""
+    return n // 2 + 1
+
+
+def _train(pd: Tensor, r1: Tensor, tx: float, cos_a: Tensor | float) -> tuple[Tensor, Tensor]:
+    """Readout-train steady state ``Mss`` (just before a pulse) and per-pulse decay ``q = cos a E(TX)``."""
+    e_tx = _e(r1, tx)
+    q = cos_a * e_tx
+    return pd * (1.0 - e_tx) / (1.0 - q), q
+
+
+def _relax(pd: Tensor, e_t: Tensor, mz: Tensor) -> Tensor:
+    """Mz after free recovery with factor ``e_t = E(t)``."""
+    return pd + (mz - pd) * e_t
+
+
+def mprage(pd: Tensor, r1: Tensor, r2s: Tensor, *, tr: float, ti: float, tx: float, te: float, flip: float,
+           n: int, b1t: Field = None, eta: float = 1.0) -> Tensor:
+    """MPRAGE: inversion, wait TA, n readout pulses spaced TX, wait TD; TR = TA + n TX + TD.
+
+    TI is measured from the inversion to the pulse that samples the k-space centre,
+    ``k = n // 2 + 1``, so ``TA = TI - (k-1) TX`` and ``TD = TR - TA - n TX``.
+    ``c = cos(b1t 180°) eta`` (eta: inversion efficiency),
+    ``Mz1 = [PD(1-E(TA)) + c E(TA)(PD(1-E(TD)) + E(TD) Mss (1-q^n))] / (1 - c E(TA) E(TD) q^n)``,
+    ``S = |Mss + (Mz1-Mss) q^(k-1)| sin a exp(-R2* TE)``.
+    """
+    k = centre_index(n)
+    ta = ti - (k - 1) * tx
+    td = tr - ta - n * tx
+    cos_a, sin_a = _angle(b1t, flip)
+    cos_inv, _ = _angle(b1t, 180.0)
+    c = cos_inv * eta
+    mss, q = _train(pd, r1, tx, cos_a)
+    e_ta, e_td = _e(r1, ta), _e(r1, td)
+    q_n = q ** n
+    before_inv = _relax(pd, e_td, mss * (1.0 - q_n))  # Mz before the inversion, less its Mz1 q^n part
+    mz1 = (pd * (1.0 - e_ta) + c * e_ta * before_inv) / (1.0 - c * e_ta * e_td * q_n)
+    return (mss + (mz1 - mss) * q ** (k - 1)).abs() * sin_a * torch.exp(r2s * -te)
+
+
+def mp2rage(pd: Tensor, r1: Tensor, r2s: Tensor, *, tr: float, ti: float, ti2: float, tx: float, te: float,
+            flip: float, flip2: float, n: int, b1t: Field = None, eta: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+    """MP2RAGE: one inversion, two readout trains centred at TI and TI2, then the uniform image.
+
+    Pulse ``j`` of the first train is at ``TA + (j-1) TX`` with ``TA = TI - (k-1) TX``; the second train
+    starts ``TB = TI2 - TI - n TX`` after the first ends; ``TD = TR - TI2 - (n-k+1) TX`` closes the cycle.
+    Returns the signed echo signals of both trains (with their T2* decay) and
+    ``UNI = S1 S2 / (S1² + S2²)`` in [-0.5, 0.5]; the magnitude images are ``|S1|`` and ``|S2|``.
+    """
+    k = centre_index(n)
+    ta = ti - (k - 1) * tx
+    tb = ti2 - ti - n * tx
+    td = tr - ti2 - (n - k + 1) * tx
+    cos_1, sin_1 = _angle(b1t, flip)
+    cos_2, sin_2 = _angle(b1t, flip2)
+    cos_inv, _ = _angle(b1t, 180.0)
+    c = cos_inv * eta
+    mss1, q1 = _train(pd, r1, tx, cos_1)
+    mss2, q2 = _train(pd, r1, tx, cos_2)
+    e_ta, e_tb, e_td = _e(r1, ta), _e(r1, tb), _e(r1, td)
+    q1_n, q2_n = q1 ** n, q2 ** n
+    # Mz at the start of train 2 is a + g * Mz1; at the end of the cycle (before inversion) it is u + h * Mz1.
+    a = _relax(pd, e_tb, mss1 * (1.0 - q1_n))
+    g = e_tb * q1_n
+    u = _relax(pd, e_td, mss2 * (1.0 - q2_n) + a * q2_n)
+    h = e_td * q2_n * g
+    mz1 = (pd * (1.0 - e_ta) + c * e_ta * u) / (1.0 - c * e_ta * h)
+    mz2 = a + g * mz1
+    decay = torch.exp(r2s * -te)
+    s1 = (mss1 + (mz1 - mss1) * q1 ** (k - 1)) * sin_1 * decay
+    s2 = (mss2 + (mz2 - mss2) * q2 ** (k - 1)) * sin_2 * decay
+    denom = s1 * s1 + s2 * s2
+    uni = torch.where(denom > 0, s1 * s2 / torch.where(denom > 0, denom, 1.0), 0.0)
+    return s1, s2, uni
