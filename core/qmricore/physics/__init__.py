@@ -81,7 +81,8 @@ def check_parameters(sequence: str, params: Mapping[str, Any]) -> dict[str, Any]
         raise ParameterError(f"unknown sequence {sequence!r}; choose one of {', '.join(SEQUENCES)}")
     defaults = dict(spec.defaults or {})
     unknown = sorted(set(params) - set(spec.parameters) - set(defaults))
-    _need(not unknown, f"{sequence}: unknown parameter(s) {', '.join(unknown)}; it takes {', '.join(spec.parameters)}")
+    _need(not unknown,
+          f"{sequence}: unknown parameter(s) {', '.join(unknown)}; it takes {', '.join(spec.parameters)}")
     missing = [p for p in spec.parameters if params.get(p) is None]
     _need(not missing, f"{sequence}: missing parameter(s) {', '.join(missing)}")
     p = {**defaults, **{k: v for k, v in params.items() if v is not None}}
@@ -106,7 +107,8 @@ def check_parameters(sequence: str, params: Mapping[str, Any]) -> dict[str, Any]
         _need(p["ti"] + te < tr, f"flair: TI + TE ({p['ti'] + te:g} s) must be shorter than TR ({tr:g} s)")
     else:
         n = p["n"]
-        _need(float(n).is_integer() and n >= 1, f"{sequence}: the number of readout pulses n must be an integer >= 1")
+        _need(not isinstance(n, bool) and float(n).is_integer() and n >= 1,
+              f"{sequence}: the number of readout pulses n must be an integer >= 1")
         p["n"] = n = int(n)
         tx, k = p["tx"], sequences.centre_index(n)
         _need(te < tx, f"{sequence}: TE ({te:g} s) must be shorter than the pulse spacing TX ({tx:g} s)")
@@ -123,10 +125,10 @@ def check_parameters(sequence: str, params: Mapping[str, Any]) -> dict[str, Any]
     return p
 
 
-def _check_map(key: str, value: Any, shape: tuple[int, ...] | None) -> None:
-    if key in ("b1t", "b1r") and not isinstance(value, (torch.Tensor,)) and getattr(value, "ndim", 0) == 0:
-        return  # a scalar field
-    vshape = tuple(value.shape)
+def _check_map(key: str, value: Any, shape: tuple[int, ...]) -> None:
+    vshape = tuple(getattr(value, "shape", ()))
+    if key in ("b1t", "b1r") and vshape == ():
+        return  # a uniform field given as a scalar
     if shape is not None and vshape != shape:
         raise InputError(f"map '{key}' has shape {vshape}, but 'pd' has {shape}; maps must share one grid")
 
@@ -187,8 +189,8 @@ def simulate(
     volumes: dict[str, torch.Tensor | None] = {"pd": t["pd"], "r1": t["r1"], "b1t": t.get("b1t")}
     if "r2" in spec.maps:
         if "r2" not in t:
-            warnings.warn(f"{sequence}: no R2 map; using R2* in its place (spin-echo contrast will be too T2*-weighted)",
-                          stacklevel=2)
+            warnings.warn(f"{sequence}: no R2 map; using R2* in its place (spin-echo contrast will be too "
+                          "T2*-weighted)", stacklevel=2)
         volumes["r2"] = t.get("r2", t["r2s"])
     else:
         volumes["r2s"] = t["r2s"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import InputError, ParameterError
+
 Tensor = torch.Tensor
 
 
@@ -21,14 +23,14 @@ def noise_sigma(signal: Tensor, snr: float, reference: Tensor | None = None) -> 
         is every voxel whose signal is above 10 % of the image maximum (the head, not the air).
     """
     if not snr > 0:
-        raise ValueError(f"snr must be > 0, got {snr}")
+        raise ParameterError(f"snr must be > 0, got {snr}")
     if reference is None:
         reference = signal > 0.1 * signal.max()
     if reference.shape != signal.shape:
-        raise ValueError(f"reference mask shape {tuple(reference.shape)} differs from the image {tuple(signal.shape)}")
+        raise InputError(f"reference mask shape {tuple(reference.shape)} differs from the image {tuple(signal.shape)}")
     level = signal[reference.to(device=signal.device, dtype=torch.bool)].mean()
     if not torch.isfinite(level) or level <= 0:
-        raise ValueError("the reference tissue has no signal; cannot set the noise level from an SNR")
+        raise ParameterError("the reference tissue has no signal; cannot set the noise level from an SNR")
     return float(level) / snr
 
 

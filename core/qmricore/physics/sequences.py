@@ -51,43 +51,50 @@ def spgr(pd: Tensor, r1: Tensor, r2s: Tensor, *, tr: float, te: float, flip: flo
     """
     cos_a, sin_a = _angle(b1t, flip)
     e_tr = _e(r1, tr)
-    keep = 1.0 if mt is None else 1.0 - mt * 0.01
-    return pd * sin_a * keep * (1.0 - e_tr) / (1.0 - keep * cos_a * e_tr) * torch.exp(r2s * -te)
+    if mt is None:
+        mz = (1.0 - e_tr) / (1.0 - cos_a * e_tr)
+    else:
+        keep = 1.0 - mt * 0.01
+        mz = keep * (1.0 - e_tr) / (1.0 - keep * cos_a * e_tr)
+    return mz * pd * torch.exp(r2s * -te) * sin_a
 
 
 def spin_echo(pd: Tensor, r1: Tensor, r2: Tensor, *, tr: float, te: float, b1t: Field = None) -> Tensor:
     """Single spin echo (FSE at its effective TE): 90° excitation, 180° refocusing, both scaled by b1t.
 
-    ``Mz = PD [1 - E(TR-TE/2) + E(TR-TE/2) cos b (1-E(TE/2))] / (1 - E(TR) cos a cos b)``,
-    ``S = |Mz| sin a sin²(b/2) exp(-R2 TE)``; at b1t = 1 this is
+    With ``a = b1t 90°``, ``b = b1t 180°``, the longitudinal steady state before excitation is
+    ``Mz = PD [1 - E(TR-TE/2) + E(TR-TE/2) cos b (1-E(TE/2))] / (1 - E(TR) cos a cos b)``
+    ``   = PD [1 + (cos b - 1) E(TR-TE/2) - cos b E(TR)] / (1 - cos a cos b E(TR))``
+    and ``S = |Mz| sin a sin²(b/2) exp(-R2 TE)``; at b1t = 1 this is
     ``PD exp(-R2 TE) (1 - 2 E(TR-TE/2) + E(TR))``.
     """
     cos_a, sin_a = _angle(b1t, 90.0)
     cos_b, _ = _angle(b1t, 180.0)
-    e_half = _e(r1, 0.5 * te)
-    e_rest = _e(r1, tr - 0.5 * te)
-    mz = pd * (1.0 - e_rest + e_rest * cos_b * (1.0 - e_half)) / (1.0 - e_rest * e_half * cos_a * cos_b)
-    return mz.abs() * (sin_a * (0.5 - 0.5 * cos_b)) * torch.exp(r2 * -te)
+    e_late = _e(r1, tr - 0.5 * te)
+    e_tr = _e(r1, tr)
+    mz = (1.0 + (cos_b - 1.0) * e_late - cos_b * e_tr) / (1.0 - cos_a * cos_b * e_tr)
+    return mz.abs() * pd * torch.exp(r2 * -te) * (sin_a * (0.5 - 0.5 * cos_b))
 
 
 def flair(pd: Tensor, r1: Tensor, r2: Tensor, *, tr: float, te: float, ti: float, b1t: Field = None) -> Tensor:
     """Inversion-recovery spin echo (FLAIR, STIR): 180° inversion, TI, 90°, TE/2, 180°, echo at TE.
 
-    TR runs from inversion to inversion, TI from the inversion to the excitation.  With the inversion
-    and refocusing angle ``b = b1t 180°`` and excitation ``a = b1t 90°``:
-    ``Mz(TI) = [PD(1-E(TI)) + E(TI) cos b X] / (1 - E(TI) cos b cos b E(TR-TI) cos a)``,
-    ``X = PD(1-E(TR-TI-TE/2)) + E(TR-TI-TE/2) cos b PD (1-E(TE/2))``,
-    ``S = |Mz(TI)| sin a sin²(b/2) exp(-R2 TE)``; at b1t = 1 this is
+    TR runs from inversion to inversion, TI from the inversion to the excitation.  The inversion and
+    refocusing pulses turn ``b = b1t 180°``, the excitation ``a = b1t 90°``.  Following Mz through one
+    repetition (invert, recover TI, excite, recover TE/2, refocus, recover TR-TI-TE/2) and solving for
+    the steady state just before excitation gives
+    ``Mz = PD [1 + (cos b - 1) E(TI) + cos b (cos b - 1) E(TR-TE/2) - cos²b E(TR)] / (1 - cos a cos²b E(TR))``
+    and ``S = |Mz| sin a sin²(b/2) exp(-R2 TE)``; at b1t = 1 this is
     ``PD exp(-R2 TE) |1 - 2E(TI) + 2E(TR-TE/2) - E(TR)|``.
     """
     cos_a, sin_a = _angle(b1t, 90.0)
     cos_b, _ = _angle(b1t, 180.0)
     e_ti = _e(r1, ti)
-    e_half = _e(r1, 0.5 * te)
-    e_rest = _e(r1, tr - ti - 0.5 * te)
-    x = pd * (1.0 - e_rest + e_rest * cos_b * (1.0 - e_half))
-    mz = (pd * (1.0 - e_ti) + e_ti * cos_b * x) / (1.0 - e_ti * e_rest * e_half * (cos_b * cos_b) * cos_a)
-    return mz.abs() * (sin_a * (0.5 - 0.5 * cos_b)) * torch.exp(r2 * -te)
+    e_late = _e(r1, tr - 0.5 * te)
+    e_tr = _e(r1, tr)
+    cos_b2 = cos_b * cos_b
+    mz = (1.0 + (cos_b - 1.0) * e_ti + (cos_b2 - cos_b) * e_late - cos_b2 * e_tr) / (1.0 - cos_a * cos_b2 * e_tr)
+    return mz.abs() * pd * torch.exp(r2 * -te) * (sin_a * (0.5 - 0.5 * cos_b))
 
 
 def centre_index(n: int) -> int:
@@ -95,11 +102,15 @@ def centre_index(n: int) -> int:
     return n // 2 + 1
 
 
-def _train(pd: Tensor, r1: Tensor, tx: float, cos_a: Tensor | float) -> tuple[Tensor, Tensor]:
-    """Readout-train steady state ``Mss`` (just before a pulse) and per-pulse decay ``q = cos a E(TX)``."""
+def _train_steady_state(pd: Tensor, r1: Tensor, tx: float, cos_a: Tensor | float) -> Tensor:
+    """Mz just before each pulse of an endless train spaced TX: ``PD (1-E(TX)) / (1 - q)``, ``q = cos a E(TX)``."""
     e_tx = _e(r1, tx)
-    q = cos_a * e_tx
-    return pd * (1.0 - e_tx) / (1.0 - q), q
+    return pd * (1.0 - e_tx) / (1.0 - cos_a * e_tx)
+
+
+def _q_power(r1: Tensor, tx: float, cos_a: Tensor | float, m: int) -> Tensor:
+    """``q^m = cos(a)^m E(m TX)``: one exponential instead of a tensor power (which costs ~50x more)."""
+    return cos_a**m * _e(r1, m * tx)
 
 
 def _relax(pd: Tensor, e_t: Tensor, mz: Tensor) -> Tensor:
@@ -112,23 +123,24 @@ def mprage(pd: Tensor, r1: Tensor, r2s: Tensor, *, tr: float, ti: float, tx: flo
     """MPRAGE: inversion, wait TA, n readout pulses spaced TX, wait TD; TR = TA + n TX + TD.
 
     TI is measured from the inversion to the pulse that samples the k-space centre,
-    ``k = n // 2 + 1``, so ``TA = TI - (k-1) TX`` and ``TD = TR - TA - n TX``.
-    ``c = cos(b1t 180°) eta`` (eta: inversion efficiency),
-    ``Mz1 = [PD(1-E(TA)) + c E(TA)(PD(1-E(TD)) + E(TD) Mss (1-q^n))] / (1 - c E(TA) E(TD) q^n)``,
-    ``S = |Mss + (Mz1-Mss) q^(k-1)| sin a exp(-R2* TE)``.
+    ``k = n // 2 + 1``, so ``TA = TI - (k-1) TX`` and ``TD = TR - TA - n TX``.  With
+    ``c = cos(b1t 180°) eta`` (eta: inversion efficiency), ``q = cos a E(TX)`` and the train's steady
+    state ``Mss = PD (1-E(TX)) / (1-q)``, Mz just after the inversion wait is
+    ``Mz1 = [PD(1-E(TA)) + c E(TA)(PD(1-E(TD)) + E(TD) Mss (1-q^n))] / (1 - c E(TA) E(TD) q^n)``
+    and the k-space-centre signal is ``S = |Mss + (Mz1-Mss) q^(k-1)| sin a exp(-R2* TE)``.
+    The code uses ``E(TA) E(TD) = E(TR - n TX)`` and ``E(TA) E(TD) q^n = cos(a)^n E(TR)``.
     """
     k = centre_index(n)
     ta = ti - (k - 1) * tx
-    td = tr - ta - n * tx
     cos_a, sin_a = _angle(b1t, flip)
     cos_inv, _ = _angle(b1t, 180.0)
     c = cos_inv * eta
-    mss, q = _train(pd, r1, tx, cos_a)
-    e_ta, e_td = _e(r1, ta), _e(r1, td)
-    q_n = q ** n
-    before_inv = _relax(pd, e_td, mss * (1.0 - q_n))  # Mz before the inversion, less its Mz1 q^n part
-    mz1 = (pd * (1.0 - e_ta) + c * e_ta * before_inv) / (1.0 - c * e_ta * e_td * q_n)
-    return (mss + (mz1 - mss) * q ** (k - 1)).abs() * sin_a * torch.exp(r2s * -te)
+    mss = _train_steady_state(pd, r1, tx, cos_a)
+    e_ta = _e(r1, ta)
+    e_gaps = _e(r1, tr - n * tx)  # E(TA) E(TD)
+    cycle = cos_a**n * _e(r1, tr)  # E(TA) E(TD) q^n
+    mz1 = (pd * (1.0 + (c - 1.0) * e_ta - c * e_gaps) + c * mss * (e_gaps - cycle)) / (1.0 - c * cycle)
+    return (mss + (mz1 - mss) * _q_power(r1, tx, cos_a, k - 1)).abs() * torch.exp(r2s * -te) * sin_a
 
 
 def mp2rage(pd: Tensor, r1: Tensor, r2s: Tensor, *, tr: float, ti: float, ti2: float, tx: float, te: float,
@@ -148,10 +160,10 @@ def mp2rage(pd: Tensor, r1: Tensor, r2s: Tensor, *, tr: float, ti: float, ti2: f
     cos_2, sin_2 = _angle(b1t, flip2)
     cos_inv, _ = _angle(b1t, 180.0)
     c = cos_inv * eta
-    mss1, q1 = _train(pd, r1, tx, cos_1)
-    mss2, q2 = _train(pd, r1, tx, cos_2)
+    mss1 = _train_steady_state(pd, r1, tx, cos_1)
+    mss2 = _train_steady_state(pd, r1, tx, cos_2)
     e_ta, e_tb, e_td = _e(r1, ta), _e(r1, tb), _e(r1, td)
-    q1_n, q2_n = q1 ** n, q2 ** n
+    q1_n, q2_n = _q_power(r1, tx, cos_1, n), _q_power(r1, tx, cos_2, n)
     # Mz at the start of train 2 is a + g * Mz1; at the end of the cycle (before inversion) it is u + h * Mz1.
     a = _relax(pd, e_tb, mss1 * (1.0 - q1_n))
     g = e_tb * q1_n
@@ -160,8 +172,8 @@ def mp2rage(pd: Tensor, r1: Tensor, r2s: Tensor, *, tr: float, ti: float, ti2: f
     mz1 = (pd * (1.0 - e_ta) + c * e_ta * u) / (1.0 - c * e_ta * h)
     mz2 = a + g * mz1
     decay = torch.exp(r2s * -te)
-    s1 = (mss1 + (mz1 - mss1) * q1 ** (k - 1)) * sin_1 * decay
-    s2 = (mss2 + (mz2 - mss2) * q2 ** (k - 1)) * sin_2 * decay
+    s1 = (mss1 + (mz1 - mss1) * _q_power(r1, tx, cos_1, k - 1)) * sin_1 * decay
+    s2 = (mss2 + (mz2 - mss2) * _q_power(r1, tx, cos_2, k - 1)) * sin_2 * decay
     denom = s1 * s1 + s2 * s2
     uni = torch.where(denom > 0, s1 * s2 / torch.where(denom > 0, denom, 1.0), 0.0)
     return s1, s2, uni
