@@ -133,8 +133,25 @@ def test_b1t_changes_the_signal(sequence: str) -> None:
 def test_b1r_multiplies(sequence: str) -> None:
     maps = brain()
     b1r = np.random.default_rng(3).uniform(0.5, 1.5, (3, 4, 5))
+    if sequence == "mp2rage":  # UNI is a ratio of two images from one coil: the receive field cancels
+        np.testing.assert_array_equal(run(sequence, {**maps, "b1r": b1r}), run(sequence, maps))
+        return
     np.testing.assert_allclose(run(sequence, {**maps, "b1r": b1r}), run(sequence, maps) * b1r, rtol=1e-14)
     np.testing.assert_allclose(run(sequence, {**maps, "b1r": 2.0}), 2.0 * run(sequence, maps), rtol=1e-14)
+
+
+def test_noisy_mp2rage_adds_noise_to_both_trains() -> None:
+    """Noise enters S1 and S2 before the ratio: noise-only voxels give UNI spread over [-0.5, 0.5]."""
+    n = 20000
+    maps = {"pd": np.r_[np.zeros(n), np.full(n, 0.8)], "r1": np.full(2 * n, 1.0), "r2s": np.full(2 * n, 20.0)}
+    params = {"tr": 5.0, "ti": 0.7, "ti2": 2.5, "tx": 0.0071, "te": 0.003, "flip": 4.0, "flip2": 5.0, "n": 176}
+    clean = simulate("mp2rage", maps, **params)
+    noisy = simulate("mp2rage", maps, snr=40.0, seed=3, **params)
+    np.testing.assert_array_equal(noisy, simulate("mp2rage", maps, snr=40.0, seed=3, **params))
+    background, tissue = noisy[:n], noisy[n:]
+    assert np.all(np.abs(noisy) <= 0.5 + 1e-12)
+    assert background.std() > 0.25  # Re(z1* z2)/(|z1|²+|z2|²) of pure noise: std ~ 0.35
+    assert abs(np.median(tissue) - clean[n]) < 0.01 and tissue.std() < 0.05
 
 
 @pytest.mark.parametrize("sequence", ALL)

@@ -46,10 +46,6 @@ class SequenceSpec:
     defaults: Mapping[str, float] | None = None
 
 
-def _uni(*args: Any, **kwargs: Any) -> torch.Tensor:
-    return sequences.mp2rage(*args, **kwargs)[2]
-
-
 SEQUENCES: dict[str, SequenceSpec] = {
     s.name: s
     for s in (
@@ -59,7 +55,7 @@ SEQUENCES: dict[str, SequenceSpec] = {
         SequenceSpec("mprage", "MPRAGE", ("tr", "ti", "tx", "te", "flip", "n"), ("r2s",), sequences.mprage,
                      {"eta": 1.0}),
         SequenceSpec("mp2rage", "MP2RAGE uniform image (UNI)", ("tr", "ti", "ti2", "tx", "te", "flip", "flip2", "n"),
-                     ("r2s",), _uni, {"eta": 1.0}),
+                     ("r2s",), sequences.mp2rage_uni, {"eta": 1.0}),
     )
 }
 
@@ -165,7 +161,9 @@ def simulate(
     Returns
     -------
     The simulated image, numpy when ``maps['pd']`` is numpy, else a tensor; float64 when any map is
-    float64, else float32.  MP2RAGE returns the UNI image in [-0.5, 0.5].
+    float64, else float32.  MP2RAGE returns the UNI image in [-0.5, 0.5]: the receive field cancels in it,
+    and with ``snr`` the noise is added to both complex train images before the ratio (so the background
+    shows the usual salt-and-pepper UNI noise).
     """
     p = check_parameters(sequence, params)
     spec = SEQUENCES[sequence]
@@ -197,17 +195,40 @@ def simulate(
     if "mt" in spec.maps:
         volumes["mt"] = t.get("mt")
 
+    generator = None
+    if snr is not None:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(int(seed)) if seed is not None else generator.seed()
+    ref = None if reference is None else to_tensor(reference, torch.bool, device)
+
+    if sequence == "mp2rage" and snr is not None:
+        return like_input(_noisy_uni(t, p, snr, ref, generator), template)
     out = torch.empty(shape, dtype=dtype, device=device)
     evaluate_chunked(spec.equation, volumes, out, **p)
+    if sequence == "mp2rage":  # UNI is a ratio of the two trains: the receive field cancels
+        return like_input(out, template)
     if "b1r" in t:
         out = out * t["b1r"]
     if snr is not None:
-        ref = None if reference is None else to_tensor(reference, torch.bool, device)
-        sigma = noise_sigma(out, snr, ref)
-        generator = torch.Generator(device=device)
-        if seed is not None:
-            generator.manual_seed(int(seed))
-        else:
-            generator.seed()
-        out = rician_noise(out, sigma, generator)
+        out = rician_noise(out, noise_sigma(out, snr, ref), generator)
     return like_input(out, template)
+
+
+def _noisy_uni(t: Mapping[str, torch.Tensor], p: Mapping[str, Any], snr: float, reference: torch.Tensor | None,
+               generator: torch.Generator) -> torch.Tensor:
+    """MP2RAGE UNI from noisy complex train images: noise enters both inversions before the ratio.
+
+    ``sigma`` is set from ``snr`` relative to the second-inversion magnitude ``|S2|`` (the brighter one).
+    """
+    s1, s2, _ = sequences.mp2rage(t["pd"], t["r1"], t["r2s"], b1t=t.get("b1t"), **p)
+    if "b1r" in t:
+        s1, s2 = s1 * t["b1r"], s2 * t["b1r"]
+    sigma = noise_sigma(s2.abs(), snr, reference)
+
+    def noisy(s: torch.Tensor) -> torch.Tensor:
+        noise = torch.randn((2, *s.shape), generator=generator, dtype=s.dtype, device=s.device) * sigma
+        return torch.complex(s + noise[0], noise[1])
+
+    z1, z2 = noisy(s1), noisy(s2)
+    denom = z1.abs().square() + z2.abs().square()
+    return (z1.conj() * z2).real / denom.clamp(min=torch.finfo(denom.dtype).tiny)

@@ -113,11 +113,6 @@ def _q_power(r1: Tensor, tx: float, cos_a: Tensor | float, m: int) -> Tensor:
     return cos_a**m * _e(r1, m * tx)
 
 
-def _relax(pd: Tensor, e_t: Tensor, mz: Tensor) -> Tensor:
-    """Mz after free recovery with factor ``e_t = E(t)``."""
-    return pd + (mz - pd) * e_t
-
-
 def mprage(pd: Tensor, r1: Tensor, r2s: Tensor, *, tr: float, ti: float, tx: float, te: float, flip: float,
            n: int, b1t: Field = None, eta: float = 1.0) -> Tensor:
     """MPRAGE: inversion, wait TA, n readout pulses spaced TX, wait TD; TR = TA + n TX + TD.
@@ -143,14 +138,12 @@ def mprage(pd: Tensor, r1: Tensor, r2s: Tensor, *, tr: float, ti: float, tx: flo
     return (mss + (mz1 - mss) * _q_power(r1, tx, cos_a, k - 1)).abs() * torch.exp(r2s * -te) * sin_a
 
 
-def mp2rage(pd: Tensor, r1: Tensor, r2s: Tensor, *, tr: float, ti: float, ti2: float, tx: float, te: float,
-            flip: float, flip2: float, n: int, b1t: Field = None, eta: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
-    """MP2RAGE: one inversion, two readout trains centred at TI and TI2, then the uniform image.
+def _mp2rage_trains(r1: Tensor, *, tr: float, ti: float, ti2: float, tx: float, flip: float, flip2: float, n: int,
+                    b1t: Field, eta: float) -> tuple[Tensor, Tensor]:
+    """Signed k-space-centre signals of both MP2RAGE trains per unit PD, before T2* decay.
 
-    Pulse ``j`` of the first train is at ``TA + (j-1) TX`` with ``TA = TI - (k-1) TX``; the second train
-    starts ``TB = TI2 - TI - n TX`` after the first ends; ``TD = TR - TI2 - (n-k+1) TX`` closes the cycle.
-    Returns the signed echo signals of both trains (with their T2* decay) and
-    ``UNI = S1 S2 / (S1² + S2²)`` in [-0.5, 0.5]; the magnitude images are ``|S1|`` and ``|S2|``.
+    Everything is relative to PD (Mz recovers towards 1), so the caller multiplies by ``PD exp(-R2* TE)``
+    only where it needs the images; the UNI ratio does not depend on either.
     """
     k = centre_index(n)
     ta = ti - (k - 1) * tx
@@ -160,20 +153,50 @@ def mp2rage(pd: Tensor, r1: Tensor, r2s: Tensor, *, tr: float, ti: float, ti2: f
     cos_2, sin_2 = _angle(b1t, flip2)
     cos_inv, _ = _angle(b1t, 180.0)
     c = cos_inv * eta
-    mss1 = _train_steady_state(pd, r1, tx, cos_1)
-    mss2 = _train_steady_state(pd, r1, tx, cos_2)
+    e_tx = _e(r1, tx)
+    m1 = (1.0 - e_tx) / (1.0 - cos_1 * e_tx)  # each train's steady state
+    m2 = (1.0 - e_tx) / (1.0 - cos_2 * e_tx)
+    e_n, e_k = _e(r1, n * tx), _e(r1, (k - 1) * tx)
     e_ta, e_tb, e_td = _e(r1, ta), _e(r1, tb), _e(r1, td)
-    q1_n, q2_n = _q_power(r1, tx, cos_1, n), _q_power(r1, tx, cos_2, n)
-    # Mz at the start of train 2 is a + g * Mz1; at the end of the cycle (before inversion) it is u + h * Mz1.
-    a = _relax(pd, e_tb, mss1 * (1.0 - q1_n))
+    q1_n, q2_n = cos_1**n * e_n, cos_2**n * e_n  # q^n = cos(a)^n E(n TX)
+    # Mz at the start of train 2 is a + g z, and before the next inversion u + h z, with z = Mz after TA.
+    a = 1.0 - e_tb + e_tb * m1 * (1.0 - q1_n)
     g = e_tb * q1_n
-    u = _relax(pd, e_td, mss2 * (1.0 - q2_n) + a * q2_n)
+    u = 1.0 - e_td + e_td * (m2 * (1.0 - q2_n) + a * q2_n)
     h = e_td * q2_n * g
-    mz1 = (pd * (1.0 - e_ta) + c * e_ta * u) / (1.0 - c * e_ta * h)
-    mz2 = a + g * mz1
-    decay = torch.exp(r2s * -te)
-    s1 = (mss1 + (mz1 - mss1) * _q_power(r1, tx, cos_1, k - 1)) * sin_1 * decay
-    s2 = (mss2 + (mz2 - mss2) * _q_power(r1, tx, cos_2, k - 1)) * sin_2 * decay
+    z = (1.0 - e_ta + c * e_ta * u) / (1.0 - c * e_ta * h)
+    s1 = (m1 + (z - m1) * (cos_1 ** (k - 1) * e_k)) * sin_1
+    s2 = (m2 + (a + g * z - m2) * (cos_2 ** (k - 1) * e_k)) * sin_2
+    return s1, s2
+
+
+def _uni(s1: Tensor, s2: Tensor) -> Tensor:
+    """``Re(S1* S2) / (|S1|² + |S2|²)`` for real signed signals; 0 where both vanish."""
     denom = s1 * s1 + s2 * s2
-    uni = torch.where(denom > 0, s1 * s2 / torch.where(denom > 0, denom, 1.0), 0.0)
-    return s1, s2, uni
+    return torch.where(denom > 0, s1 * s2 / torch.where(denom > 0, denom, 1.0), 0.0)
+
+
+def mp2rage(pd: Tensor, r1: Tensor, r2s: Tensor, *, tr: float, ti: float, ti2: float, tx: float, te: float,
+            flip: float, flip2: float, n: int, b1t: Field = None, eta: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+    """MP2RAGE: one inversion, two readout trains centred at TI and TI2, then the uniform image.
+
+    Pulse ``j`` of the first train is at ``TA + (j-1) TX`` with ``TA = TI - (k-1) TX``; the second train
+    starts ``TB = TI2 - TI - n TX`` after the first ends; ``TD = TR - TI2 - (n-k+1) TX`` closes the cycle.
+    Returns the signed echo signals of both trains (with their T2* decay) and
+    ``UNI = S1 S2 / (S1² + S2²)`` in [-0.5, 0.5]; the magnitude images are ``|S1|`` and ``|S2|``.
+    """
+    s1, s2 = _mp2rage_trains(r1, tr=tr, ti=ti, ti2=ti2, tx=tx, flip=flip, flip2=flip2, n=n, b1t=b1t, eta=eta)
+    weight = pd * torch.exp(r2s * -te)
+    s1, s2 = s1 * weight, s2 * weight
+    return s1, s2, _uni(s1, s2)
+
+
+def mp2rage_uni(pd: Tensor, r1: Tensor, r2s: Tensor, *, tr: float, ti: float, ti2: float, tx: float, te: float,
+                flip: float, flip2: float, n: int, b1t: Field = None, eta: float = 1.0) -> Tensor:
+    """The UNI image of :func:`mp2rage` alone: PD and T2* cancel in it, so only R1 (and B1t) is read.
+
+    Voxels without signal (``pd <= 0``) are 0, as in :func:`mp2rage`.  ``r2s`` and ``te`` are accepted
+    for a uniform signature with the other sequences.
+    """
+    s1, s2 = _mp2rage_trains(r1, tr=tr, ti=ti, ti2=ti2, tx=tx, flip=flip, flip2=flip2, n=n, b1t=b1t, eta=eta)
+    return torch.where(pd > 0, _uni(s1, s2), 0.0)
