@@ -1,0 +1,32 @@
+"""Synthetic training data generators (SPEC §6).
+
+- :mod:`.priors`: hierarchical tissue priors (:class:`TissuePriors`), the shipped 3 T literature priors,
+  fitting priors from real map sets (:func:`fit_priors`).
+- :mod:`.qsynth`: label map -> qMRI maps (:func:`draw_maps` / :func:`apply_maps` / :func:`sample_maps`) and
+  training-sequence sampling (:func:`draw_sequence`, :func:`draw_qatlas_mprage`).
+- :mod:`.lesions`: synthetic lesion shapes and pasting lesions into label maps.
+"""
+
+from __future__ import annotations
+
+from .lesions import LesionConfig, LesionDraw, draw_lesion, paste_lesion, render_lesion, synth_lesion
+from .priors import HYPER, PARAMETERS, ParameterPrior, TissuePriors, default_priors_path, fit_priors, load_priors
+from .qsynth import (
+    MapDraw,
+    QSynthConfig,
+    SequenceDraw,
+    apply_maps,
+    class_weights,
+    draw_maps,
+    draw_qatlas_mprage,
+    draw_sequence,
+    mprage_readouts,
+    sample_maps,
+)
+
+__all__ = [
+    "HYPER", "PARAMETERS", "ParameterPrior", "TissuePriors", "default_priors_path", "fit_priors", "load_priors",
+    "MapDraw", "QSynthConfig", "SequenceDraw", "apply_maps", "class_weights", "draw_maps", "draw_qatlas_mprage",
+    "draw_sequence", "mprage_readouts", "sample_maps",
+    "LesionConfig", "LesionDraw", "draw_lesion", "paste_lesion", "render_lesion", "synth_lesion",
+]
