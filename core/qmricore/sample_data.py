@@ -10,7 +10,7 @@ wheel ships it: a skull-stripped T1-weighted average and grey- and white-matter 
    GM probability tails reach ~3 mm beyond the closed mask; without the layer they would mix with air
    and leave a ring of pure-GM rates around the cortex).  Inside this intracranial mask, CSF is what GM
    and WM leave.  Outside it, the part of a voxel that is neither GM nor WM is split by its T1-weighted
-   intensity ``t``: ``nonbrain = clip((t - t_csf) / (t_gm - t_csf), 0, 1)`` and the rest is CSF, where
+   intensity ``t``: ``non_brain = clip((t - t_csf) / (t_gm - t_csf), 0, 1)`` and the rest is CSF, where
    ``t_csf`` and ``t_gm`` are the median intensities of sure CSF and sure GM; voxels where the T1
    template is zero are background.  nilearn's template is skull-stripped: its intensity ends within
    ~2 mm of the brain surface, inside the CSF layer, so the non-brain class is all but empty (3 voxels at
@@ -31,28 +31,15 @@ wheel ships it: a skull-stripped T1-weighted average and grey- and white-matter 
 
 Tissue values at 3 T (PD in percent water, rates in 1/s, MT in hMRI MTsat percent units)
 --------------------------------------------------------------------------------------
-=========  ====  =====================  ======================  ============  ==============
-tissue     PD    R1 (T1)                R2 (T2)                 R2*           MT
-=========  ====  =====================  ======================  ============  ==============
-GM         80    0.751 (1.331 s) [W]    9.09 (110 ms) [W]       15 [H13,P]    0.9 [H08,H13]
-WM         69    1.202 (0.832 s) [W]    12.56 (79.6 ms) [W]     20 [H13,P]    1.8 [H08,H13]
-CSF        100   0.233 (4.3 s) [R]      0.5 (2 s) [S18]         1.0 [a]       0.0 [H08]
-non-brain  80 a  1.866 [B]              24.6 [B]                34.6 [a]      1.5 [a]
-=========  ====  =====================  ======================  ============  ==============
-
-PD of GM, WM and CSF: Tofts [T] ch. 4 (GM 0.80-0.83, WM 0.69-0.71, CSF ~1 of pure water) and the hMRI
-PD* maps of Weiskopf et al. [H13].  [W] Wansapura et al. (3 T inversion recovery, frontal GM/WM);
-Stanisz et al. [St] measured longer T1 (GM 1.82 s, WM 1.084 s) and shorter T2 (GM 99 ms, WM 69 ms) at
-3 T: the plausible ranges in :data:`RANGES` span both.  [R] Rooney et al.: CSF T1 ~4.3 s at any field.
-[S18] CSF T2 at 3 T ~1.5-2 s (Spijkerman et al.; the value depends on the method).  [H13, P]: R2* of
-brain tissue at 3 T, Weiskopf et al. (multi-centre MPM) and Peters et al. (GM ~15, WM ~20 1/s).
-[H08] MTsat of Helms et al. (WM ~1.5-2.2, GM ~0.7-1.1 p.u., CSF ~0).  [B] de Bazelaire et al. at
-3 T: subcutaneous fat T1 382 ms, T2 68 ms; skeletal muscle T1 898 ms, T2 29 ms; non-brain tissue is a
-50/50 fat/muscle mixture of rates (R1 = (1/0.382 + 1/0.898)/2, R2 = (1/0.068 + 1/0.029)/2).
-[a] assumed, no direct source: CSF R2* = 2 R2 (a little R2' from flow and susceptibility);
-non-brain R2* = R2 + 10 1/s (an R2' like brain tissue's, [H13]); non-brain PD 80 and MT 1.5 p.u.
-(between fat and muscle).  Values were taken from the papers as remembered, not re-read for this
-file: check them against the originals before quoting them elsewhere.
+PD, R1, R2* and MT are the population means (``mu_mu``) of the shipped qSynth priors,
+``qmricore/data/priors_3t.json``, which cite their sources; this module reads them from there so the
+two never drift apart.  At the time of writing: GM 80 / 0.63 / 16 / 0.85, WM 69 / 1.0 / 21 / 1.7,
+CSF 100 / 0.23 / 2.0 / 0.1, non-brain 60 / 1.4 / 30 / 1.0.  R2 is not part of the priors and lives in
+:data:`R2`: GM 9.09 (T2 110 ms) and WM 12.56 (T2 79.6 ms) [W]; CSF 0.5 (T2 2 s) [S18]; non-brain
+24.6 [B], a 50/50 mixture of the rates of subcutaneous fat (T2 68 ms) and skeletal muscle (T2 29 ms).
+Other 3 T measurements span GM T1 1.33-1.82 s, WM T1 0.83-1.08 s, GM T2 99-110 ms, WM T2 69-80 ms
+([W], [St]); the plausible ranges in :data:`RANGES` span them.  Values were taken from the papers as
+remembered, not re-read for this file: check them against the originals before quoting them elsewhere.
 
 [T]   Tofts P (ed.). Quantitative MRI of the Brain. Wiley, 2003; ch. 4 (PD) and ch. 5-6 (T1, T2).
 [H13] Weiskopf N et al. Quantitative multi-parameter mapping of R1, PD*, MT, and R2* at 3T: a multi-center
@@ -81,20 +68,25 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ParameterError, QMRIError
+from .generators.priors import PARAMETERS, load_priors
 
 __all__ = ["TISSUES", "RANGES", "LABELS", "PARTIAL_VOLUME_MIN", "MAP_FILES", "LABEL_FILE", "ENV_VAR",
            "template_paths", "tissue_probabilities", "resample_probabilities", "mix_maps", "label_map",
            "build_sample", "sample_dir"]
 
-#: Literature tissue values at 3 T (sources in the module docstring): PD in percent water, R1/R2/R2* in
-#: 1/s, MT in hMRI MTsat percent units.
-TISSUES: dict[str, dict[str, float]] = {
-    "gm": {"pd": 80.0, "r1": 1 / 1.331, "r2s": 15.0, "mt": 0.9, "r2": 1 / 0.110},
-    "wm": {"pd": 69.0, "r1": 1 / 0.832, "r2s": 20.0, "mt": 1.8, "r2": 1 / 0.0796},
-    "csf": {"pd": 100.0, "r1": 1 / 4.3, "r2s": 1.0, "mt": 0.0, "r2": 0.5},
-    "nonbrain": {"pd": 80.0, "r1": (1 / 0.382 + 1 / 0.898) / 2, "r2s": (1 / 0.068 + 1 / 0.029) / 2 + 10.0,
-                 "mt": 1.5, "r2": (1 / 0.068 + 1 / 0.029) / 2},
-}
+#: R2 (1/s) at 3 T per tissue (sources in the module docstring): the qSynth priors hold no R2, so it lives here.
+R2: dict[str, float] = {"gm": 1 / 0.110, "wm": 1 / 0.0796, "csf": 0.5, "non_brain": (1 / 0.068 + 1 / 0.029) / 2}
+
+
+def _literature_values() -> dict[str, dict[str, float]]:
+    """Tissue values at 3 T: the population means (mu_mu) of the shipped qSynth priors, plus :data:`R2`."""
+    priors = load_priors()
+    return {name: {**{p: priors.prior(name, p).mu_mu for p in PARAMETERS}, "r2": r2} for name, r2 in R2.items()}
+
+
+#: Literature tissue values at 3 T, taken from the one place they live (``qmricore/data/priors_3t.json``):
+#: PD in percent water, R1/R2/R2* in 1/s, MT in hMRI MTsat percent units.
+TISSUES: dict[str, dict[str, float]] = _literature_values()
 
 #: Plausible ranges at 3 T per tissue and parameter (the spread of the cited sources, with some margin);
 #: the tests check pure-tissue voxels against them.
@@ -104,8 +96,8 @@ RANGES: dict[str, dict[str, tuple[float, float]]] = {
     "csf": {"pd": (95, 100), "r1": (1 / 4.6, 1 / 3.5), "r2s": (0.3, 3), "mt": (0, 0.3), "r2": (1 / 2.5, 1 / 1.0)},
 }
 
-#: Label values of the project's tissue classes (SPEC §6, §8).
-LABELS: dict[str, int] = {"background": 0, "gm": 1, "wm": 2, "gm_wm_pv": 3, "csf": 4, "nonbrain": 5, "lesion": 6}
+#: Label values of the project's tissue classes (SPEC §6, §8), as the shipped priors define them.
+LABELS: dict[str, int] = dict(zip(load_priors().names, load_priors().labels, strict=True))
 #: A voxel is GM/WM partial volume when both its GM and its WM probabilities are at least this.
 PARTIAL_VOLUME_MIN = 0.3
 #: Output file names (hMRI-style, so :func:`qmricore.io.load_map_set` finds them in the folder).
@@ -115,7 +107,7 @@ LABEL_FILE = "sample_labels.nii.gz"
 #: Environment variable that points :func:`sample_dir` at another copy of the sample.
 ENV_VAR = "QMRI_SAMPLE_DATA"
 
-_CLASSES = ("gm", "wm", "csf", "nonbrain")  # tissue classes mixed by mix_maps, in this order
+_CLASSES = ("gm", "wm", "csf", "non_brain")  # tissue classes mixed by mix_maps, in this order
 _MASK_THRESHOLD = 0.5  # GM + WM probability that seeds the brain mask
 _CLOSING_RADIUS_MM = 3.0  # ball radius of the morphological closing of the brain mask
 _CSF_LAYER_MM = 3.0  # thickness of the subarachnoid CSF layer added around the brain mask
@@ -164,7 +156,7 @@ def tissue_probabilities(t1: np.ndarray, gm: np.ndarray, wm: np.ndarray,
     Returns
     -------
     dict
-        float32 arrays ``gm, wm, csf, nonbrain, background``.
+        float32 arrays ``gm, wm, csf, non_brain, background``.
     """
     from scipy import ndimage
 
@@ -195,10 +187,10 @@ def tissue_probabilities(t1: np.ndarray, gm: np.ndarray, wm: np.ndarray,
     t_gm = float(np.median(t1[gm > _SURE])) if np.any(gm > _SURE) else float(t1.max())
     outside = ~intracranial & (t1 > 0)
     bright = np.clip((t1 - t_csf) / max(t_gm - t_csf, 1e-6), 0.0, 1.0)
-    nonbrain = np.where(outside, rest * bright, 0.0).astype(np.float32)
+    non_brain = np.where(outside, rest * bright, 0.0).astype(np.float32)
     csf = csf + np.where(outside, rest * (1.0 - bright), 0.0).astype(np.float32)
-    background = np.clip(1.0 - gm - wm - csf - nonbrain, 0.0, 1.0).astype(np.float32)
-    return {"gm": gm, "wm": wm, "csf": csf, "nonbrain": nonbrain, "background": background}
+    background = np.clip(1.0 - gm - wm - csf - non_brain, 0.0, 1.0).astype(np.float32)
+    return {"gm": gm, "wm": wm, "csf": csf, "non_brain": non_brain, "background": background}
 
 
 def resample_probabilities(probs: dict[str, np.ndarray], affine: np.ndarray,
@@ -254,7 +246,7 @@ def mix_maps(probs: dict[str, np.ndarray], tissues: dict[str, dict[str, float]] 
     Parameters
     ----------
     probs
-        Probabilities ``gm, wm, csf, nonbrain`` (background is what they leave).
+        Probabilities ``gm, wm, csf, non_brain`` (background is what they leave).
     tissues
         Tissue values (default :data:`TISSUES`): ``pd`` in percent, ``r1, r2s, r2`` in 1/s, ``mt`` in p.u.
 
@@ -276,7 +268,7 @@ def mix_maps(probs: dict[str, np.ndarray], tissues: dict[str, dict[str, float]] 
 
 def label_map(probs: dict[str, np.ndarray]) -> np.ndarray:
     """Hard labels (:data:`LABELS`) from tissue probabilities (see the module docstring, step 4), uint8."""
-    order = ("background", "gm", "wm", "csf", "nonbrain")
+    order = ("background", "gm", "wm", "csf", "non_brain")
     stack = np.stack([probs[k] for k in order])
     values = np.array([LABELS[k] for k in order], dtype=np.uint8)
     labels = values[np.argmax(stack, axis=0)]

@@ -45,7 +45,7 @@ def test_tissue_table_within_literature_ranges_and_physical():
 
 
 def _probs(**values: float) -> dict[str, np.ndarray]:
-    keys = ("gm", "wm", "csf", "nonbrain")
+    keys = ("gm", "wm", "csf", "non_brain")
     probs = {k: np.array([values.get(k, 0.0)], dtype=np.float32) for k in keys}
     probs["background"] = 1 - sum(probs.values())
     return probs
@@ -53,7 +53,7 @@ def _probs(**values: float) -> dict[str, np.ndarray]:
 
 def test_mix_maps_pure_half_and_empty_voxels():
     t = sd.TISSUES
-    for tissue in ("gm", "wm", "csf", "nonbrain"):
+    for tissue in ("gm", "wm", "csf", "non_brain"):
         maps = sd.mix_maps(_probs(**{tissue: 1.0}))
         for key in MAP_KEYS:
             assert maps[key][0] == pytest.approx(t[tissue][key], rel=1e-6)
@@ -71,14 +71,14 @@ def test_mix_maps_pure_half_and_empty_voxels():
 
 
 def test_label_map_rule():
-    cases = [  # (gm, wm, csf, nonbrain) -> label
+    cases = [  # (gm, wm, csf, non_brain) -> label
         ((0.0, 0.0, 0.0, 0.0), 0), ((0.9, 0.1, 0.0, 0.0), 1), ((0.1, 0.8, 0.1, 0.0), 2),
         ((0.45, 0.3, 0.25, 0.0), 3), ((0.3, 0.3, 0.4, 0.0), 3), ((0.29, 0.3, 0.41, 0.0), 4),
         ((0.0, 0.0, 0.2, 0.7), 5), ((0.2, 0.0, 0.1, 0.0), 0),
     ]
     probs = {k: np.array([c[0][i] for c in cases], dtype=np.float32) for i, k in enumerate(("gm", "wm", "csf",
-                                                                                             "nonbrain"))}
-    probs["background"] = 1 - probs["gm"] - probs["wm"] - probs["csf"] - probs["nonbrain"]
+                                                                                             "non_brain"))}
+    probs["background"] = 1 - probs["gm"] - probs["wm"] - probs["csf"] - probs["non_brain"]
     labels = sd.label_map(probs)
     assert labels.dtype == np.uint8
     assert labels.tolist() == [c[1] for c in cases]
