@@ -10,26 +10,16 @@ whole volume is one slice.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import torch
 
-#: Voxels per slice on the CPU.  At 2**15 float32 voxels (128 KiB) a formula's ~10 temporaries stay in the
-#: L2 cache, and torch runs each operator single-threaded (its intra-op grain size is 32768), so the
-#: slices are spread over worker threads instead: no OpenMP fork/join per operator, which under load
-#: (other processes on the cores) can cost more than the arithmetic.
-CPU_CHUNK_VOXELS = 1 << 15
-
-_POOL: ThreadPoolExecutor | None = None
-
-
-def _pool(workers: int) -> ThreadPoolExecutor:
-    global _POOL
-    if _POOL is None or _POOL._max_workers != workers:  # noqa: SLF001 - resize when torch's thread count changes
-        _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qmricore-physics")
-    return _POOL
+#: Voxels per slice on the CPU: a formula's temporaries (128 KiB each) stay in the L2 cache, and the slice is
+#: just below torch's intra-op grain size (32768), so each operator runs on the calling thread.  Spreading
+#: slices over worker threads, or operators over OpenMP threads, was measured slower on 2 cores: the
+#: per-operator dispatch holds the GIL, and fork/join per operator costs more than its arithmetic.
+CPU_CHUNK_VOXELS = 31 * 1024
 
 
 ArrayLike = Any  # numpy.ndarray | torch.Tensor | float
@@ -83,24 +73,10 @@ def evaluate_chunked(
     flat = {k: (v.reshape(-1) if isinstance(v, torch.Tensor) and v.dim() > 0 else v) for k, v in volumes.items()}
     total = flat_out.numel()
 
-    def run(start: int, stop: int, step: int) -> None:
-        with torch.no_grad():
-            for lo in range(start, stop, step):
-                hi = min(lo + step, stop)
-                part = {k: (v[lo:hi] if isinstance(v, torch.Tensor) and v.dim() > 0 else v) for k, v in flat.items()}
-                flat_out[lo:hi] = fn(**part, **constants)
-
-    if out.device.type != "cpu":
-        run(0, total, total)
-        return out
-    step = CPU_CHUNK_VOXELS
-    workers = max(1, min(torch.get_num_threads(), -(-total // step)))
-    if workers == 1:
-        run(0, total, step)
-        return out
-    # Contiguous blocks of whole chunks, one per worker (static split: the work per voxel is uniform).
-    bounds = [min(total, -(-total * i // workers // step) * step) for i in range(workers + 1)]
-    jobs = [_pool(workers).submit(run, lo, hi, step) for lo, hi in zip(bounds, bounds[1:], strict=False) if hi > lo]
-    for job in jobs:
-        job.result()
+    step = total if out.device.type != "cpu" else CPU_CHUNK_VOXELS
+    with torch.no_grad():
+        for lo in range(0, total, step):
+            hi = min(lo + step, total)
+            part = {k: (v[lo:hi] if isinstance(v, torch.Tensor) and v.dim() > 0 else v) for k, v in flat.items()}
+            flat_out[lo:hi] = fn(**part, **constants)
     return out

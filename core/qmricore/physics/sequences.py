@@ -38,8 +38,8 @@ def _angle(b1t: Field, degrees: float) -> tuple[Tensor | float, Tensor | float]:
 
 
 def _e(r1: Tensor, t: float) -> Tensor:
-    """Longitudinal recovery factor E(t) = exp(-R1 t)."""
-    return torch.exp(r1 * -t)
+    """Longitudinal recovery factor E(t) = exp(-R1 t) (the exponential runs in place on a fresh product)."""
+    return torch.mul(r1, -t).exp_()
 
 
 def spgr(pd: Tensor, r1: Tensor, r2s: Tensor, *, tr: float, te: float, flip: float,
@@ -51,12 +51,13 @@ def spgr(pd: Tensor, r1: Tensor, r2s: Tensor, *, tr: float, te: float, flip: flo
     """
     cos_a, sin_a = _angle(b1t, flip)
     e_tr = _e(r1, tr)
+    relative = torch.rsub(e_tr, 1.0)  # 1 - E(TR); in-place operators below act on fresh temporaries only
     if mt is None:
-        mz = (1.0 - e_tr) / (1.0 - cos_a * e_tr)
+        relative.div_(e_tr.mul_(-cos_a).add_(1.0))
     else:
-        keep = 1.0 - mt * 0.01
-        mz = keep * (1.0 - e_tr) / (1.0 - keep * cos_a * e_tr)
-    return mz * pd * torch.exp(r2s * -te) * sin_a
+        keep = torch.mul(mt, -0.01).add_(1.0)
+        relative.mul_(keep).div_(e_tr.mul_(keep).mul_(-cos_a).add_(1.0))
+    return relative.mul_(pd).mul_(_e(r2s, te)).mul_(sin_a)
 
 
 def spin_echo(pd: Tensor, r1: Tensor, r2: Tensor, *, tr: float, te: float, b1t: Field = None) -> Tensor:
@@ -70,10 +71,10 @@ def spin_echo(pd: Tensor, r1: Tensor, r2: Tensor, *, tr: float, te: float, b1t: 
     """
     cos_a, sin_a = _angle(b1t, 90.0)
     cos_b, _ = _angle(b1t, 180.0)
-    e_late = _e(r1, tr - 0.5 * te)
-    e_tr = _e(r1, tr)
-    mz = (1.0 + (cos_b - 1.0) * e_late - cos_b * e_tr) / (1.0 - cos_a * cos_b * e_tr)
-    return mz.abs() * pd * torch.exp(r2 * -te) * (sin_a * (0.5 - 0.5 * cos_b))
+    e_late, e_tr = _e(r1, tr - 0.5 * te), _e(r1, tr)
+    mz = e_late.mul_(cos_b - 1.0).add_(1.0).sub_(e_tr * cos_b)  # in place on fresh temporaries only
+    mz.div_(e_tr.mul_(-(cos_a * cos_b)).add_(1.0))
+    return mz.abs_().mul_(pd).mul_(_e(r2, te)).mul_(sin_a * (0.5 - 0.5 * cos_b))
 
 
 def flair(pd: Tensor, r1: Tensor, r2: Tensor, *, tr: float, te: float, ti: float, b1t: Field = None) -> Tensor:
@@ -89,12 +90,11 @@ def flair(pd: Tensor, r1: Tensor, r2: Tensor, *, tr: float, te: float, ti: float
     """
     cos_a, sin_a = _angle(b1t, 90.0)
     cos_b, _ = _angle(b1t, 180.0)
-    e_ti = _e(r1, ti)
-    e_late = _e(r1, tr - 0.5 * te)
-    e_tr = _e(r1, tr)
     cos_b2 = cos_b * cos_b
-    mz = (1.0 + (cos_b - 1.0) * e_ti + (cos_b2 - cos_b) * e_late - cos_b2 * e_tr) / (1.0 - cos_a * cos_b2 * e_tr)
-    return mz.abs() * pd * torch.exp(r2 * -te) * (sin_a * (0.5 - 0.5 * cos_b))
+    e_ti, e_late, e_tr = _e(r1, ti), _e(r1, tr - 0.5 * te), _e(r1, tr)
+    mz = e_ti.mul_(cos_b - 1.0).add_(1.0).add_(e_late.mul_(cos_b2 - cos_b)).sub_(e_tr * cos_b2)
+    mz.div_(e_tr.mul_(-(cos_a * cos_b2)).add_(1.0))
+    return mz.abs_().mul_(pd).mul_(_e(r2, te)).mul_(sin_a * (0.5 - 0.5 * cos_b))
 
 
 def centre_index(n: int) -> int:
@@ -102,16 +102,10 @@ def centre_index(n: int) -> int:
     return n // 2 + 1
 
 
-def _train_steady_state(pd: Tensor, r1: Tensor, tx: float, cos_a: Tensor | float) -> Tensor:
-    """Mz just before each pulse of an endless train spaced TX: ``PD (1-E(TX)) / (1 - q)``, ``q = cos a E(TX)``."""
+def _train_steady_state(r1: Tensor, tx: float, cos_a: Tensor | float) -> Tensor:
+    """Mz per unit PD just before each pulse of an endless train spaced TX: ``(1-E(TX)) / (1-cos a E(TX))``."""
     e_tx = _e(r1, tx)
-    return pd * (1.0 - e_tx) / (1.0 - cos_a * e_tx)
-
-
-def _q_power(r1: Tensor, tx: float, cos_a: Tensor | float, m: int) -> Tensor:
-    """``q^m = cos(a)^m E(m TX)``: one exponential instead of a tensor power (which costs ~50x more)."""
-    return cos_a**m * _e(r1, m * tx)
-
+    return torch.rsub(e_tx, 1.0).div_(e_tx.mul_(-cos_a).add_(1.0))
 
 def mprage(pd: Tensor, r1: Tensor, r2s: Tensor, *, tr: float, ti: float, tx: float, te: float, flip: float,
            n: int, b1t: Field = None, eta: float = 1.0) -> Tensor:
@@ -130,12 +124,14 @@ def mprage(pd: Tensor, r1: Tensor, r2s: Tensor, *, tr: float, ti: float, tx: flo
     cos_a, sin_a = _angle(b1t, flip)
     cos_inv, _ = _angle(b1t, 180.0)
     c = cos_inv * eta
-    mss = _train_steady_state(pd, r1, tx, cos_a)
-    e_ta = _e(r1, ta)
+    # Everything per unit PD; in-place operators act on fresh temporaries only.
+    mss = _train_steady_state(r1, tx, cos_a)
     e_gaps = _e(r1, tr - n * tx)  # E(TA) E(TD)
-    cycle = cos_a**n * _e(r1, tr)  # E(TA) E(TD) q^n
-    mz1 = (pd * (1.0 + (c - 1.0) * e_ta - c * e_gaps) + c * mss * (e_gaps - cycle)) / (1.0 - c * cycle)
-    return (mss + (mz1 - mss) * _q_power(r1, tx, cos_a, k - 1)).abs() * torch.exp(r2s * -te) * sin_a
+    cycle = _e(r1, tr).mul_(cos_a**n)  # E(TA) E(TD) q^n
+    mz1 = _e(r1, ta).mul_(c - 1.0).add_(1.0).sub_(e_gaps * c)  # 1 + (c-1) E(TA) - c E(TA) E(TD)
+    mz1.add_(e_gaps.sub_(cycle).mul_(mss).mul_(c)).div_(cycle.mul_(-c).add_(1.0))
+    signal = mz1.sub_(mss).mul_(_e(r1, (k - 1) * tx).mul_(cos_a ** (k - 1))).add_(mss)  # Mss + (Mz1-Mss) q^(k-1)
+    return signal.abs_().mul_(pd).mul_(_e(r2s, te)).mul_(sin_a)
 
 
 def _mp2rage_trains(r1: Tensor, *, tr: float, ti: float, ti2: float, tx: float, flip: float, flip2: float, n: int,
@@ -153,20 +149,22 @@ def _mp2rage_trains(r1: Tensor, *, tr: float, ti: float, ti2: float, tx: float, 
     cos_2, sin_2 = _angle(b1t, flip2)
     cos_inv, _ = _angle(b1t, 180.0)
     c = cos_inv * eta
-    e_tx = _e(r1, tx)
-    m1 = (1.0 - e_tx) / (1.0 - cos_1 * e_tx)  # each train's steady state
-    m2 = (1.0 - e_tx) / (1.0 - cos_2 * e_tx)
-    e_n, e_k = _e(r1, n * tx), _e(r1, (k - 1) * tx)
-    e_ta, e_tb, e_td = _e(r1, ta), _e(r1, tb), _e(r1, td)
-    q1_n, q2_n = cos_1**n * e_n, cos_2**n * e_n  # q^n = cos(a)^n E(n TX)
+    m1 = _train_steady_state(r1, tx, cos_1)  # each train's steady state
+    m2 = _train_steady_state(r1, tx, cos_2)
+    e_n = _e(r1, n * tx)
+    q1_n, q2_n = e_n * cos_1**n, e_n.mul_(cos_2**n)  # q^n = cos(a)^n E(n TX)
     # Mz at the start of train 2 is a + g z, and before the next inversion u + h z, with z = Mz after TA.
-    a = 1.0 - e_tb + e_tb * m1 * (1.0 - q1_n)
-    g = e_tb * q1_n
-    u = 1.0 - e_td + e_td * (m2 * (1.0 - q2_n) + a * q2_n)
-    h = e_td * q2_n * g
-    z = (1.0 - e_ta + c * e_ta * u) / (1.0 - c * e_ta * h)
-    s1 = (m1 + (z - m1) * (cos_1 ** (k - 1) * e_k)) * sin_1
-    s2 = (m2 + (a + g * z - m2) * (cos_2 ** (k - 1) * e_k)) * sin_2
+    # In-place operators below act on fresh temporaries only.
+    e_tb, e_td = _e(r1, tb), _e(r1, td)
+    a = torch.rsub(q1_n, 1.0).mul_(m1).sub_(1.0).mul_(e_tb).add_(1.0)  # 1 - E(TB) + E(TB) m1 (1 - q1^n)
+    g = e_tb.mul_(q1_n)
+    u = torch.rsub(q2_n, 1.0).mul_(m2).add_(a * q2_n).sub_(1.0).mul_(e_td).add_(1.0)
+    h = e_td.mul_(q2_n).mul_(g)
+    e_ta = _e(r1, ta)
+    z = u.mul_(e_ta).mul_(c).sub_(e_ta).add_(1.0).div_(h.mul_(e_ta).mul_(-c).add_(1.0))
+    e_k = _e(r1, (k - 1) * tx)
+    s1 = (z - m1).mul_(e_k * cos_1 ** (k - 1)).add_(m1).mul_(sin_1)
+    s2 = g.mul_(z).add_(a).sub_(m2).mul_(e_k.mul_(cos_2 ** (k - 1))).add_(m2).mul_(sin_2)
     return s1, s2
 
 
@@ -186,7 +184,7 @@ def mp2rage(pd: Tensor, r1: Tensor, r2s: Tensor, *, tr: float, ti: float, ti2: f
     ``UNI = S1 S2 / (S1² + S2²)`` in [-0.5, 0.5]; the magnitude images are ``|S1|`` and ``|S2|``.
     """
     s1, s2 = _mp2rage_trains(r1, tr=tr, ti=ti, ti2=ti2, tx=tx, flip=flip, flip2=flip2, n=n, b1t=b1t, eta=eta)
-    weight = pd * torch.exp(r2s * -te)
+    weight = pd * _e(r2s, te)
     s1, s2 = s1 * weight, s2 * weight
     return s1, s2, _uni(s1, s2)
 
