@@ -5,11 +5,14 @@
 - :mod:`.qsynth`: label map -> qMRI maps (:func:`draw_maps` / :func:`apply_maps` / :func:`sample_maps`) and
   training-sequence sampling (:func:`draw_sequence`, :func:`draw_qatlas_mprage`).
 - :mod:`.lesions`: synthetic lesion shapes and pasting lesions into label maps.
+- :mod:`.gmm`: the SynthSeg-style GMM baseline; :mod:`.pipeline`: label map -> augmented training sample.
 """
 
 from __future__ import annotations
 
+from .gmm import GMMConfig, GMMDraw, apply_gmm, draw_gmm
 from .lesions import LesionConfig, LesionDraw, draw_lesion, paste_lesion, render_lesion, synth_lesion
+from .pipeline import PipelineConfig, Sample, SampleDraw, generate, generate_batch, regenerate
 from .priors import HYPER, PARAMETERS, ParameterPrior, TissuePriors, default_priors_path, fit_priors, load_priors
 from .qsynth import (
     MapDraw,
@@ -29,4 +32,6 @@ __all__ = [
     "MapDraw", "QSynthConfig", "SequenceDraw", "apply_maps", "class_weights", "draw_maps", "draw_qatlas_mprage",
     "draw_sequence", "mprage_readouts", "sample_maps",
     "LesionConfig", "LesionDraw", "draw_lesion", "paste_lesion", "render_lesion", "synth_lesion",
+    "GMMConfig", "GMMDraw", "apply_gmm", "draw_gmm",
+    "PipelineConfig", "Sample", "SampleDraw", "generate", "generate_batch", "regenerate",
 ]
