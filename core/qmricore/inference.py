@@ -1,0 +1,319 @@
+"""Lesion segmentation and qMRI estimation with a trained model file (SPEC §9).
+
+Pipeline, one function per stage::
+
+    read_volume                      input image, its grid (shape, affine)
+    preprocess                       orient to RAS, reslice to 1 mm, histogram normalisation, z-score
+    predict_window_logits            sliding window (MONAI, Gaussian weighting) with 8-flip TTA
+    resample                         logits back to the output grid (trilinear, exact inverse map)
+    ensemble_logits                  mean of the modalities' logits
+    softmax, argmax                  class probabilities, labels, lesion mask, lesion volume (mL)
+
+:func:`segment` runs it for one or more modalities of a subject (each preprocessed on its own; logits
+averaged before the softmax) and returns everything on the first input's exact grid;
+:func:`estimate_maps` runs the same pipeline with an estimator (MPRAGE -> PD, R1, R2*, MT maps).
+
+Devices: ``"auto"`` picks CUDA when available.  On ``torch.cuda.OutOfMemoryError`` the window batch is
+halved (down to 1), then the work moves to the CPU, each step with a ``warnings.warn``.
+
+Images are padded for the sliding window with their minimum (the background after normalisation).
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import InputError, ParameterError, QMRIError
+from .io import Volume
+from .model_file import LoadedModel, WindowConfig
+from .networks import SegmenterConfig
+from .preprocess import Grid, preprocess, resample
+
+#: Spatial dimensions flipped by test-time augmentation: every subset of (x, y, z) of a (B, C, X, Y, Z) tensor.
+FLIP_DIMS: tuple[tuple[int, ...], ...] = tuple(
+    dims for r in range(4) for dims in itertools.combinations((2, 3, 4), r)
+)
+
+Predictor = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True, eq=False)
+class SegmentationResult:
+    """Segmentation of one subject on the grid of its first input.
+
+    Attributes
+    ----------
+    labels
+        uint8 argmax label map (index into ``class_names``).
+    lesion_mask
+        uint8 mask, 1 where the argmax is the lesion class.
+    probabilities
+        float32 ``(n_classes, X, Y, Z)`` softmax of the (ensembled) logits.
+    class_names
+        Names of the classes, in channel order.
+    lesion_ml
+        Lesion volume in millilitres (voxel count times voxel volume).
+    grid
+        The output grid (the first input's shape and affine).
+    """
+
+    labels: np.ndarray
+    lesion_mask: np.ndarray
+    probabilities: np.ndarray
+    class_names: tuple[str, ...]
+    lesion_ml: float
+    grid: Grid
+
+    @property
+    def lesion_probability(self) -> np.ndarray:
+        return self.probabilities[self.class_names.index("lesion")]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA if available else CPU; ``"cuda"`` without a CUDA device is a ParameterError."""
+    name = str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ParameterError("device 'cuda' requested but no CUDA device is available (use --device cpu or auto)")
+    try:
+        return torch.device(name)
+    except RuntimeError as error:
+        raise ParameterError(f"unknown device {name!r} (expected auto, cpu or cuda)") from error
+
+
+def volume_grid(volume: Volume) -> Grid:
+    """The grid (shape, affine) of a volume."""
+    return Grid(volume.shape, volume.affine)
+
+
+def lesion_volume_ml(mask: np.ndarray, affine: np.ndarray) -> float:
+    """Volume of the non-zero voxels of ``mask`` in mL (1 mL = 1000 mm³), voxel volume from ``affine``."""
+    voxel_mm3 = float(abs(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3])))
+    return float(np.count_nonzero(mask)) * voxel_mm3 / 1000.0
+
+
+def flip_tta(predictor: Predictor, flips: Sequence[tuple[int, ...]] = FLIP_DIMS) -> Predictor:
+    """Predictor returning the mean over ``flips`` of ``flip(predictor(flip(x)))`` (8 flips of x, y, z)."""
+
+    def averaged(x: torch.Tensor) -> torch.Tensor:
+        total = None
+        for dims in flips:
+            y = predictor(torch.flip(x, dims) if dims else x)
+            y = torch.flip(y, dims) if dims else y
+            total = y if total is None else total + y
+        return total / len(flips)
+
+    return averaged
+
+
+def sliding_window_logits(
+    network: Predictor,
+    image: torch.Tensor,
+    window: WindowConfig,
+    *,
+    tta: bool,
+    sw_batch_size: int,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Sliding-window prediction ``(1, K, X, Y, Z)`` of ``image`` ``(1, C, X, Y, Z)`` on its device.
+
+    Windows of ``window.patch`` voxels overlap by ``window.overlap`` and are blended with a Gaussian of
+    standard deviation ``window.sigma_scale`` times the window size; with ``tta`` each window's
+    prediction is the mean over the 8 flips of x, y, z.  ``progress`` shows a tqdm bar over the windows.
+    """
+    from monai.inferers import sliding_window_inference
+
+    predictor = flip_tta(network) if tta else network
+    with torch.inference_mode():
+        return sliding_window_inference(
+            image,
+            roi_size=window.patch,
+            sw_batch_size=sw_batch_size,
+            predictor=predictor,
+            overlap=window.overlap,
+            mode="gaussian",
+            sigma_scale=window.sigma_scale,
+            padding_mode="constant",
+            cval=float(image.min()),
+            progress=progress,
+        )
+
+
+def _fallback_attempts(device: torch.device, sw_batch_size: int) -> list[tuple[torch.device, int]]:
+    """(device, window batch) to try in order: halving the batch down to 1, then the CPU with 1."""
+    attempts = [(device, sw_batch_size)]
+    while attempts[-1][1] > 1:
+        attempts.append((device, attempts[-1][1] // 2))
+    return [*attempts, (torch.device("cpu"), 1)]
+
+
+def predict_with_fallback(
+    network: nn.Module,
+    image: torch.Tensor,
+    window: WindowConfig,
+    *,
+    tta: bool,
+    device: torch.device | str,
+    progress: bool = False,
+) -> torch.Tensor:
+    """:func:`sliding_window_logits` on ``device``, falling back on out-of-memory; result on the CPU.
+
+    On ``torch.cuda.OutOfMemoryError`` the window batch size is halved until 1, then the network and
+    image move to the CPU; each fallback issues a ``RuntimeWarning``.  ``network`` ends on the device
+    that succeeded.
+
+    Raises
+    ------
+    QMRIError
+        Still out of memory on the CPU with one window at a time.
+    """
+    attempts = _fallback_attempts(torch.device(device), window.sw_batch_size)
+    for number, (where, batch) in enumerate(attempts):
+        try:
+            network.to(where)
+            logits = sliding_window_logits(
+                network, image.to(where), window, tta=tta, sw_batch_size=batch, progress=progress
+            )
+            return logits.float().cpu()
+        except torch.cuda.OutOfMemoryError as error:
+            if where.type == "cuda":
+                torch.cuda.empty_cache()
+            if number + 1 == len(attempts):
+                raise QMRIError("out of memory even on the CPU with one window at a time") from error
+            if number + 2 < len(attempts):
+                message = f"retrying with sw_batch_size={attempts[number + 1][1]}"
+            else:
+                message = "falling back to the CPU"
+            warnings.warn(f"out of memory on {where} with sw_batch_size={batch}; {message}", RuntimeWarning,
+                          stacklevel=2)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def predict_on_grid(
+    model: LoadedModel,
+    volume: Volume,
+    target: Grid,
+    *,
+    tta: bool = True,
+    device: str | torch.device = "auto",
+    progress: bool = False,
+) -> torch.Tensor:
+    """Network output for ``volume`` resampled onto ``target``: ``(K, *target.shape)`` float32 on the CPU.
+
+    Preprocesses with the model's settings, predicts on the RAS 1 mm grid, then resamples the logits
+    (or, for an estimator, the maps) trilinearly onto ``target`` (normally the volume's own grid).
+    """
+    image, net_grid = preprocess(volume.data, volume_grid(volume), model.meta.preprocessing, path=volume.path)
+    logits = predict_with_fallback(
+        model.network, image, model.meta.inference, tta=tta, device=resolve_device(device), progress=progress
+    )
+    return resample(logits[0], net_grid, target)
+
+
+def _world_box(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    corners = np.array(list(itertools.product(*[(-0.5, n - 0.5) for n in grid.shape])))
+    world = corners @ grid.affine[:3, :3].T + grid.affine[:3, 3]
+    return world.min(axis=0), world.max(axis=0)
+
+
+def check_overlap(volume: Volume, target: Grid) -> None:
+    """InputError (naming the volume's file) if its field of view does not overlap ``target`` in world space."""
+    low_a, high_a = _world_box(volume_grid(volume))
+    low_b, high_b = _world_box(target)
+    if np.any(np.minimum(high_a, high_b) <= np.maximum(low_a, low_b)):
+        raise InputError("does not overlap the first input image in world space (not the same subject/space?)",
+                         volume.path)
+
+
+def ensemble_logits(logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Mean of the logits of several modalities (all on one grid)."""
+    if not logits:
+        raise ParameterError("ensemble_logits: no logits given")
+    return torch.stack(list(logits)).mean(dim=0)
+
+
+def _require_kind(model: LoadedModel, kind: str) -> None:
+    if model.meta.kind != kind:
+        raise InputError(f"is a {model.meta.kind} model; this needs a {kind} model", model.path)
+    if model.meta.network.in_channels != 1:
+        channels = model.meta.network.in_channels
+        raise InputError(f"the network takes {channels} input channels; only 1 is supported", model.path)
+
+
+def segment(
+    model: LoadedModel,
+    volumes: Sequence[Volume],
+    *,
+    tta: bool = True,
+    device: str | torch.device = "auto",
+    progress: bool = False,
+) -> SegmentationResult:
+    """Segment lesions in one subject's images (one per modality) with a segmenter model.
+
+    Parameters
+    ----------
+    model
+        A loaded segmenter (:func:`qmricore.model_file.load_model`).
+    volumes
+        The subject's images; several are ensembled (logits averaged before the softmax).  They must
+        overlap in world space; the output is on the first one's grid.
+    tta
+        Average logits over the 8 flips of x, y, z.
+    device
+        ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    progress
+        Show a progress bar over the sliding windows.
+
+    Returns
+    -------
+    SegmentationResult on the first volume's exact grid, with the lesion volume in mL.
+    """
+    _require_kind(model, "segmenter")
+    if not volumes:
+        raise ParameterError("segment: no input images")
+    target = volume_grid(volumes[0])
+    for volume in volumes[1:]:
+        check_overlap(volume, target)
+    logits = ensemble_logits(
+        [predict_on_grid(model, v, target, tta=tta, device=device, progress=progress) for v in volumes]
+    )
+    probabilities = torch.softmax(logits, dim=0)
+    labels = torch.argmax(logits, dim=0).numpy().astype(np.uint8)
+    config = model.meta.network
+    lesion_index = config.lesion_index if isinstance(config, SegmenterConfig) else len(model.meta.classes) - 1
+    mask = (labels == lesion_index).astype(np.uint8)
+    return SegmentationResult(
+        labels=labels,
+        lesion_mask=mask,
+        probabilities=probabilities.numpy().astype(np.float32),
+        class_names=model.meta.classes,
+        lesion_ml=lesion_volume_ml(mask, target.affine),
+        grid=target,
+    )
+
+
+def estimate_maps(
+    model: LoadedModel,
+    volume: Volume,
+    *,
+    tta: bool = True,
+    device: str | torch.device = "auto",
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """Estimate qMRI maps from one MPRAGE with an estimator model, on the MPRAGE's exact grid.
+
+    Returns
+    -------
+    ``{"pd": percent water, "r1": 1/s, "r2s": 1/s, "mt": percent units}`` float32 arrays.
+    """
+    _require_kind(model, "estimator")
+    maps = predict_on_grid(model, volume, volume_grid(volume), tta=tta, device=device, progress=progress)
+    return {name: maps[i].numpy().astype(np.float32) for i, name in enumerate(model.meta.classes)}

@@ -1,0 +1,341 @@
+"""The qmricore model file: one torch file that holds a trained network and how to use it.
+
+A model file is ``torch.save`` of a plain dict (loadable with ``torch.load(..., weights_only=True)``):
+
+==================  ==========================================================================
+key                 value
+==================  ==========================================================================
+``format``          ``"qmricore-model"``
+``version``         ``1`` (:data:`FORMAT_VERSION`)
+``kind``            ``"segmenter"`` or ``"estimator"``
+``network``         ``SegmenterConfig.to_dict()`` / ``EstimatorConfig.to_dict()`` (:mod:`qmricore.networks`)
+``classes``         output channel names: class names (segmenter) or ``["pd", "r1", "r2s", "mt"]``
+``preprocessing``   ``PreprocessConfig.to_dict()``: orientation, spacing (mm), intensity normalisation
+``inference``       ``WindowConfig.to_dict()``: patch (voxels), overlap, sigma_scale, sw_batch_size
+``code_version``    ``qmricore.__version__`` that wrote the file
+``training``        free-form JSON-like dict (iterations, data mode, ...); may be empty
+``state_dict``      the network's ``state_dict()`` (tensors on the CPU)
+==================  ==========================================================================
+
+Files are written atomically (temporary file in the same folder, then ``os.replace``), so a reader
+never sees a half-written model.  :func:`load_model` checks every key and raises
+:class:`~qmricore.errors.InputError` naming the file for anything missing, corrupt or of another format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from .errors import InputError, ParameterError
+from .networks import EstimatorConfig, SegmenterConfig, build_network, config_from_dict
+
+FORMAT_NAME = "qmricore-model"
+FORMAT_VERSION = 1
+KINDS = ("segmenter", "estimator")
+REQUIRED_KEYS = ("format", "version", "kind", "network", "classes", "preprocessing", "inference", "state_dict")
+
+
+def _dataclass_from_dict(cls: type, data: Mapping[str, Any]) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ParameterError(f"{cls.__name__}: unknown keys {unknown}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Image preprocessing before the network (SPEC §9); training must use the same.
+
+    Parameters
+    ----------
+    spacing
+        Isotropic voxel size (mm) the image is resliced to.
+    orientation
+        Axis codes the image is reoriented to (only ``"RAS"`` is supported).
+    normalisation
+        ``"percentile"``: clip intensities to the ``percentiles`` (in percent) of the image, then scale
+        linearly to [0, 1] (a robust histogram normalisation); ``"none"``: leave intensities as they are.
+    percentiles
+        Lower and upper percentile (percent) for ``"percentile"``.
+    zscore
+        ``"whole"``: subtract the mean and divide by the standard deviation over the whole image;
+        ``"foreground"``: the same statistics over voxels above the lower percentile (the background
+        becomes a constant below the foreground); ``"none"``: skip.
+    """
+
+    spacing: float = 1.0
+    orientation: str = "RAS"
+    normalisation: str = "percentile"
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    zscore: str = "whole"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "percentiles", tuple(float(p) for p in self.percentiles))
+        if not self.spacing > 0:
+            raise ParameterError(f"PreprocessConfig: spacing must be > 0 mm, got {self.spacing}")
+        if self.orientation != "RAS":
+            raise ParameterError(f"PreprocessConfig: orientation must be 'RAS', got {self.orientation!r}")
+        if self.normalisation not in ("percentile", "none"):
+            raise ParameterError(
+                f"PreprocessConfig: normalisation must be 'percentile' or 'none', got {self.normalisation!r}"
+            )
+        low, high = self.percentiles if len(self.percentiles) == 2 else (1.0, 0.0)
+        if not 0.0 <= low < high <= 100.0:
+            raise ParameterError(
+                f"PreprocessConfig: percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}"
+            )
+        if self.zscore not in ("whole", "foreground", "none"):
+            raise ParameterError(
+                f"PreprocessConfig: zscore must be 'whole', 'foreground' or 'none', got {self.zscore!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PreprocessConfig:
+        return _dataclass_from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    """Sliding-window inference settings (SPEC §9).
+
+    Parameters
+    ----------
+    patch
+        Window size in voxels (at the preprocessing spacing); SPEC default 192³.
+    overlap
+        Fraction of overlap between neighbouring windows (0 <= overlap < 1).
+    sigma_scale
+        Gaussian weighting: standard deviation as a fraction of the window size.
+    sw_batch_size
+        Windows per forward pass (halved on GPU out-of-memory).
+    """
+
+    patch: tuple[int, int, int] = (192, 192, 192)
+    overlap: float = 0.5
+    sigma_scale: float = 0.125
+    sw_batch_size: int = 1
+
+    def __post_init__(self) -> None:
+        patch = (self.patch,) * 3 if isinstance(self.patch, int) else tuple(int(p) for p in self.patch)
+        object.__setattr__(self, "patch", patch)
+        if len(patch) != 3 or min(patch) < 1:
+            raise ParameterError(f"WindowConfig: patch must be three positive sizes, got {self.patch}")
+        if not 0.0 <= self.overlap < 1.0 or not self.sigma_scale > 0 or self.sw_batch_size < 1:
+            raise ParameterError("WindowConfig: need 0 <= overlap < 1, sigma_scale > 0, sw_batch_size >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> WindowConfig:
+        return _dataclass_from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """Everything in a model file except the weights."""
+
+    kind: str
+    network: SegmenterConfig | EstimatorConfig
+    classes: tuple[str, ...]
+    preprocessing: PreprocessConfig
+    inference: WindowConfig
+    code_version: str
+    training: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A network in eval mode on its device, with its metadata."""
+
+    network: nn.Module
+    meta: ModelMeta
+    path: Path | None = None
+
+
+def _kind_of(config: SegmenterConfig | EstimatorConfig) -> str:
+    if isinstance(config, SegmenterConfig):
+        return "segmenter"
+    if isinstance(config, EstimatorConfig):
+        return "estimator"
+    raise ParameterError(
+        f"save_model: config must be a SegmenterConfig or EstimatorConfig, got {type(config).__name__}"
+    )
+
+
+def _classes_of(config: SegmenterConfig | EstimatorConfig) -> tuple[str, ...]:
+    return config.class_names if isinstance(config, SegmenterConfig) else config.map_names
+
+
+def model_payload(
+    model: nn.Module,
+    config: SegmenterConfig | EstimatorConfig,
+    *,
+    preprocessing: PreprocessConfig | None = None,
+    inference: WindowConfig | None = None,
+    training: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The dict that :func:`save_model` writes (``state_dict`` tensors copied to the CPU).
+
+    ``model`` may be wrapped (``DistributedDataParallel``, ``torch.compile``): the wrapped module's
+    weights are stored under its own names.
+    """
+    kind = _kind_of(config)
+    window = inference or WindowConfig()
+    factor = math.prod(config.strides)
+    if any(p % factor for p in window.patch):
+        raise ParameterError(
+            f"inference patch {window.patch} must be a multiple of the network's total stride {factor}"
+        )
+    inner = getattr(model, "module", model)
+    inner = getattr(inner, "_orig_mod", inner)
+    state = {k: v.detach().cpu().clone() for k, v in inner.state_dict().items()}
+    return {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "kind": kind,
+        "network": config.to_dict(),
+        "classes": list(_classes_of(config)),
+        "preprocessing": (preprocessing or PreprocessConfig()).to_dict(),
+        "inference": window.to_dict(),
+        "code_version": __version__,
+        "training": dict(training or {}),
+        "state_dict": state,
+    }
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """``torch.save(obj)`` to a temporary file next to ``path``, then rename it onto ``path``."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise InputError("output folder does not exist", path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_model(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    config: SegmenterConfig | EstimatorConfig,
+    *,
+    preprocessing: PreprocessConfig | None = None,
+    inference: WindowConfig | None = None,
+    training: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` and its settings to ``path`` atomically; returns the path.
+
+    Parameters
+    ----------
+    path
+        Output file (conventionally ``*.pt``).
+    model
+        The network built by :func:`qmricore.networks.build_network` from ``config``.
+    config
+        Its :class:`~qmricore.networks.SegmenterConfig` or :class:`~qmricore.networks.EstimatorConfig`.
+    preprocessing, inference
+        Settings to store (defaults: :class:`PreprocessConfig`, :class:`WindowConfig`).
+    training
+        Optional JSON-like information about the training run.
+    """
+    payload = model_payload(model, config, preprocessing=preprocessing, inference=inference, training=training)
+    return atomic_torch_save(payload, path)
+
+
+def _read_payload(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise InputError("model file not found", path)
+    if not path.is_file():
+        raise InputError("model path is not a file", path)
+    if not zipfile.is_zipfile(path):
+        raise InputError("not a qmricore model file (not a torch zip archive: corrupt or another format)", path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many kinds for corrupt or unsafe files
+        raise InputError(f"corrupt or unsafe model file ({type(error).__name__})", path) from error
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
+        raise InputError(f"not a qmricore model file (no format '{FORMAT_NAME}')", path)
+    missing = [k for k in REQUIRED_KEYS if k not in payload]
+    if missing:
+        raise InputError(f"model file lacks {', '.join(missing)}", path)
+    if payload["version"] != FORMAT_VERSION:
+        raise InputError(f"model file version {payload['version']} is not supported (expected {FORMAT_VERSION})", path)
+    if payload["kind"] not in KINDS:
+        raise InputError(f"model kind {payload['kind']!r} is not one of {KINDS}", path)
+    return payload
+
+
+def read_meta(path: str | os.PathLike[str]) -> ModelMeta:
+    """Metadata of a model file without building the network (raises InputError like :func:`load_model`)."""
+    path = Path(path)
+    return _meta_from_payload(_read_payload(path), path)
+
+
+def _meta_from_payload(payload: Mapping[str, Any], path: Path) -> ModelMeta:
+    try:
+        network = config_from_dict(payload["kind"], payload["network"])
+        meta = ModelMeta(
+            kind=payload["kind"],
+            network=network,
+            classes=tuple(payload["classes"]),
+            preprocessing=PreprocessConfig.from_dict(payload["preprocessing"]),
+            inference=WindowConfig.from_dict(payload["inference"]),
+            code_version=str(payload.get("code_version", "unknown")),
+            training=dict(payload.get("training") or {}),
+        )
+    except (ParameterError, TypeError, ValueError) as error:
+        raise InputError(f"invalid model settings ({error})", path) from error
+    factor = math.prod(network.strides)
+    if any(p % factor for p in meta.inference.patch):
+        raise InputError(f"inference patch {meta.inference.patch} is not a multiple of the network's total stride "
+                         f"{factor}", path)
+    if meta.classes != _classes_of(network):
+        expected = list(_classes_of(network))
+        raise InputError(f"model classes {list(meta.classes)} do not match its network {expected}", path)
+    return meta
+
+
+def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> LoadedModel:
+    """Read a model file, rebuild its network, load the weights, move it to ``device``, set eval mode.
+
+    Raises
+    ------
+    InputError
+        Missing file, unreadable/corrupt file, other format or version, invalid settings, or weights that
+        do not fit the network described in the file.
+    """
+    path = Path(path)
+    payload = _read_payload(path)
+    meta = _meta_from_payload(payload, path)
+    network = build_network(meta.kind, meta.network)
+    try:
+        network.load_state_dict(payload["state_dict"], strict=True)
+    except (RuntimeError, TypeError, AttributeError) as error:
+        first = str(error).strip().splitlines()[0][:160]
+        raise InputError(f"weights do not match the network in the file ({first})", path) from error
+    network.to(device).eval()
+    return LoadedModel(network=network, meta=meta, path=path)
