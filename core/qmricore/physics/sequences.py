@@ -37,6 +37,11 @@ def _angle(b1t: Field, degrees: float) -> tuple[Tensor | float, Tensor | float]:
     return math.cos(rad), math.sin(rad)
 
 
+def _add_scaled_(x: Tensor, y: Tensor, a: Tensor | float) -> Tensor:
+    """``x += a * y`` in place, fused (``a`` is a float, or a tensor when the transmit field is a volume)."""
+    return x.addcmul_(y, a) if isinstance(a, Tensor) else x.add_(y, alpha=a)
+
+
 def _e(r1: Tensor, t: float) -> Tensor:
     """Longitudinal recovery factor E(t) = exp(-R1 t) (the exponential runs in place on a fresh product)."""
     return torch.mul(r1, -t).exp_()
@@ -72,7 +77,7 @@ def spin_echo(pd: Tensor, r1: Tensor, r2: Tensor, *, tr: float, te: float, b1t: 
     cos_a, sin_a = _angle(b1t, 90.0)
     cos_b, _ = _angle(b1t, 180.0)
     e_late, e_tr = _e(r1, tr - 0.5 * te), _e(r1, tr)
-    mz = e_late.mul_(cos_b - 1.0).add_(1.0).sub_(e_tr * cos_b)  # in place on fresh temporaries only
+    mz = _add_scaled_(e_late.mul_(cos_b - 1.0).add_(1.0), e_tr, -cos_b)  # in place on fresh temporaries only
     mz.div_(e_tr.mul_(-(cos_a * cos_b)).add_(1.0))
     return mz.abs_().mul_(pd).mul_(_e(r2, te)).mul_(sin_a * (0.5 - 0.5 * cos_b))
 
@@ -92,7 +97,7 @@ def flair(pd: Tensor, r1: Tensor, r2: Tensor, *, tr: float, te: float, ti: float
     cos_b, _ = _angle(b1t, 180.0)
     cos_b2 = cos_b * cos_b
     e_ti, e_late, e_tr = _e(r1, ti), _e(r1, tr - 0.5 * te), _e(r1, tr)
-    mz = e_ti.mul_(cos_b - 1.0).add_(1.0).add_(e_late.mul_(cos_b2 - cos_b)).sub_(e_tr * cos_b2)
+    mz = _add_scaled_(_add_scaled_(e_ti.mul_(cos_b - 1.0).add_(1.0), e_late, cos_b2 - cos_b), e_tr, -cos_b2)
     mz.div_(e_tr.mul_(-(cos_a * cos_b2)).add_(1.0))
     return mz.abs_().mul_(pd).mul_(_e(r2, te)).mul_(sin_a * (0.5 - 0.5 * cos_b))
 
@@ -128,8 +133,8 @@ def mprage(pd: Tensor, r1: Tensor, r2s: Tensor, *, tr: float, ti: float, tx: flo
     mss = _train_steady_state(r1, tx, cos_a)
     e_gaps = _e(r1, tr - n * tx)  # E(TA) E(TD)
     cycle = _e(r1, tr).mul_(cos_a**n)  # E(TA) E(TD) q^n
-    mz1 = _e(r1, ta).mul_(c - 1.0).add_(1.0).sub_(e_gaps * c)  # 1 + (c-1) E(TA) - c E(TA) E(TD)
-    mz1.add_(e_gaps.sub_(cycle).mul_(mss).mul_(c)).div_(cycle.mul_(-c).add_(1.0))
+    mz1 = _add_scaled_(_e(r1, ta).mul_(c - 1.0).add_(1.0), e_gaps, -c)  # 1 + (c-1) E(TA) - c E(TA) E(TD)
+    _add_scaled_(mz1, e_gaps.sub_(cycle).mul_(mss), c).div_(cycle.mul_(-c).add_(1.0))
     signal = mz1.sub_(mss).mul_(_e(r1, (k - 1) * tx).mul_(cos_a ** (k - 1))).add_(mss)  # Mss + (Mz1-Mss) q^(k-1)
     return signal.abs_().mul_(pd).mul_(_e(r2s, te)).mul_(sin_a)
 
