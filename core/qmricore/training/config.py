@@ -1,0 +1,352 @@
+"""Training configurations: one frozen dataclass per concern, saved to and loaded from plain JSON.
+
+Every training default lives here and nowhere else (SPEC §7, §8): the CLI, the trainers and the
+checkpoint read them from these classes.
+
+A config file is a JSON object::
+
+    {"task": "seg",
+     "network":   {...SegmenterConfig fields...},
+     "data":      {...SegDataConfig fields...},
+     "loss":      {...SegLossConfig fields...},
+     "optimizer": {...OptimizerConfig fields...},
+     "loop":      {...LoopConfig fields...}}
+
+``"task": "estimator"`` uses :class:`~qmricore.networks.EstimatorConfig`, :class:`EstimatorDataConfig`
+and :class:`EstimatorLossConfig` instead.  Missing keys take the defaults below; unknown keys are an
+error (a typo must not silently fall back to a default).  Relative paths in ``data`` are resolved
+against the folder of the config file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError, ParameterError
+from ..networks import EstimatorConfig, SegmenterConfig
+
+TASKS = ("seg", "estimator")
+SEG_MODES = ("real", "qsynth", "synth", "qatlas")
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW with a polynomial learning-rate decay ``lr_i = lr·(1 − i/N)^poly_power`` (SPEC §7, §8).
+
+    Parameters
+    ----------
+    lr
+        Initial learning rate η.
+    betas
+        AdamW moment coefficients.
+    weight_decay
+        Decoupled weight decay.
+    poly_power
+        Exponent of the polynomial decay (0 keeps the learning rate constant).
+    """
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.01
+    poly_power: float = 0.9
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        if not (self.lr > 0 and len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)):
+            raise ParameterError(f"optimizer: need lr > 0 and two betas in [0, 1), got {self.lr}, {self.betas}")
+        if self.weight_decay < 0 or self.poly_power < 0:
+            raise ParameterError("optimizer: weight_decay and poly_power must be >= 0")
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """The generic training loop (:mod:`qmricore.training.loop`).
+
+    Parameters
+    ----------
+    iterations
+        Total optimiser steps N (the poly schedule runs over N).
+    batch_size
+        Samples per step and per process (SPEC: 1).
+    checkpoint_every
+        Write ``checkpoint.pt`` every this many steps (and after the last one).
+    log_every
+        Append a line to ``train_log.jsonl`` every this many steps (and after the last one).
+    seed
+        Seeds the network initialisation, dropout and every training sample (sample ``k`` is drawn
+        from ``(seed, k)`` alone, so runs are reproducible and resumable).
+    deterministic
+        Ask PyTorch for deterministic algorithms (bit-exact resume on GPU needs it; CPU is already).
+    """
+
+    iterations: int = 10000
+    batch_size: int = 1
+    checkpoint_every: int = 500
+    log_every: int = 10
+    seed: int = 0
+    deterministic: bool = False
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1 or self.batch_size < 1 or self.checkpoint_every < 1 or self.log_every < 1:
+            raise ParameterError("loop: iterations, batch_size, checkpoint_every and log_every must be >= 1")
+
+
+@dataclass(frozen=True)
+class SegLossConfig:
+    """Dice + cross-entropy (``monai.losses.DiceCELoss`` on softmax outputs, one-hot targets).
+
+    ``include_background=False`` computes the Dice term on the foreground classes only (the lesion
+    for the binary class set), which keeps small lesions from being swamped by background.
+    """
+
+    dice_weight: float = 1.0
+    ce_weight: float = 1.0
+    include_background: bool = False
+    smooth: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.dice_weight < 0 or self.ce_weight < 0 or self.dice_weight + self.ce_weight <= 0:
+            raise ParameterError("seg loss: weights must be >= 0 and not both 0")
+
+
+@dataclass(frozen=True)
+class EstimatorLossConfig:
+    """qATLAS estimator loss (SPEC §7).
+
+    L2 on the maps for the first ``warmup_fraction`` of the iterations, then L1 + L2 on the maps and
+    on their spatial finite differences (weight ``gradient_weight``).  Each map is divided by its
+    ``map_scales`` value first so PD (p.u.), R1, R2* (1/s) and MT (p.u.) weigh alike; voxels where
+    the target PD is 0 (outside the head) are left out.
+    """
+
+    warmup_fraction: float = 0.1
+    gradient_weight: float = 1.0
+    map_scales: dict[str, float] = field(default_factory=lambda: {"pd": 100.0, "r1": 1.0, "r2s": 30.0, "mt": 2.0})
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.warmup_fraction <= 1.0 or self.gradient_weight < 0:
+            raise ParameterError("estimator loss: need 0 <= warmup_fraction <= 1 and gradient_weight >= 0")
+        if set(self.map_scales) != {"pd", "r1", "r2s", "mt"} or any(v <= 0 for v in self.map_scales.values()):
+            raise ParameterError(f"estimator loss: map_scales needs positive pd, r1, r2s, mt; got {self.map_scales}")
+
+
+@dataclass(frozen=True)
+class SegDataConfig:
+    """Where segmentation training samples come from.
+
+    Parameters
+    ----------
+    mode
+        ``"real"`` (image/label NIfTI pairs), ``"qsynth"`` (label maps → qMRI maps → simulated images),
+        ``"synth"`` (label maps → GMM images, the SynthSeg-style baseline) or ``"qatlas"`` (map sets,
+        estimated from MPRAGE by a qATLAS estimator when ``estimator`` is given, → simulated images).
+    labels
+        A label map, or a folder of label maps (``*.nii``/``*.nii.gz``), for ``qsynth``/``synth``; labels
+        0 background, 1 GM, 2 WM, 3 GM/WM PV, 4 CSF, 5 non-brain, 6 lesion.
+    real_images, real_labels
+        Folders of real images and their label maps, paired by file name.  A real label map with
+        labels above 1 uses the convention above; one with only 0/1 is a lesion mask.
+    real_fraction
+        Probability that a sample of a synthetic mode is a real pair instead (mixing with real data).
+    map_sets
+        For ``qatlas``: a folder of map-set folders, or one map-set folder (each read with
+        :func:`qmricore.io.load_map_set`; its label map is ``labels.nii(.gz)`` or ``*_labels.nii(.gz)``).
+    estimator, mprage
+        ``qatlas`` with an estimator: a qATLAS model file and a folder of MPRAGE images with label
+        maps in ``labels`` (paired by file name); the maps are estimated once at start.
+    sequences
+        Sequences drawn (uniformly) for simulated images (``qsynth``, ``qatlas``); SPEC §5 ranges.
+    generator
+        Extra options passed to the synthesis pipeline configuration (see
+        :mod:`qmricore.generators.pipeline`).
+    patch_size
+        Every sample is cropped (random position) or zero-padded to this size (voxels); ``None``
+        keeps the volume and pads it to a multiple of the network's total stride.
+    preprocessing
+        :class:`~qmricore.model_file.PreprocessConfig` fields (``spacing`` in mm: the voxel size of the
+        training data, which inference reslices to; intensity normalisation); stored in the model.
+    """
+
+    mode: str = "qsynth"
+    labels: str | None = None
+    real_images: str | None = None
+    real_labels: str | None = None
+    real_fraction: float = 0.0
+    map_sets: str | None = None
+    estimator: str | None = None
+    mprage: str | None = None
+    sequences: tuple[str, ...] = ("gre", "fse", "flair", "mprage")
+    generator: dict[str, Any] = field(default_factory=dict)
+    patch_size: tuple[int, int, int] | None = None
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sequences", tuple(self.sequences))
+        if self.patch_size is not None:
+            object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+            if len(self.patch_size) != 3 or min(self.patch_size) < 1:
+                raise ParameterError(f"data: patch_size must be 3 positive integers, got {self.patch_size}")
+        if self.mode not in SEG_MODES:
+            raise ParameterError(f"data: mode must be one of {', '.join(SEG_MODES)}, got {self.mode!r}")
+        if not 0.0 <= self.real_fraction <= 1.0:
+            raise ParameterError(f"data: real_fraction must be in [0, 1], got {self.real_fraction}")
+        needs_real = self.mode == "real" or self.real_fraction > 0
+        if needs_real and not (self.real_images and self.real_labels):
+            raise ParameterError("data: mode 'real' and real_fraction > 0 need real_images and real_labels folders")
+        if self.mode in ("qsynth", "synth") and not self.labels:
+            raise ParameterError(f"data: mode {self.mode!r} needs a 'labels' folder of label maps")
+        if self.mode == "qatlas" and not (self.map_sets or (self.estimator and self.mprage)):
+            raise ParameterError("data: mode 'qatlas' needs 'map_sets', or 'estimator' and 'mprage' folders")
+
+
+@dataclass(frozen=True)
+class EstimatorDataConfig:
+    """Training data of the qATLAS estimator (SPEC §7).
+
+    Parameters
+    ----------
+    map_sets
+        Folder of map-set folders, or one map-set folder (each read by :func:`qmricore.io.load_map_set`;
+        PD, R1, R2* and MT are needed).
+    b0_ref
+        Field strength (tesla) the maps were measured at; each sample re-scales them to a B0 drawn
+        from the ``qatlas_mprage`` ranges before simulating the MPRAGE.
+    snr
+        Signal-to-noise ratio of the simulated MPRAGE (``None``: no noise).
+    patch_size, preprocessing
+        As for :class:`SegDataConfig`.
+    augment
+        :class:`~qmricore.augment.AugmentConfig` fields for the spatial/intensity augmentation.
+    """
+
+    map_sets: str | None = None
+    b0_ref: float = 3.0
+    snr: float | None = 30.0
+    patch_size: tuple[int, int, int] | None = None
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    augment: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.patch_size is not None:
+            object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+        if not self.map_sets:
+            raise ParameterError("data: the estimator needs a 'map_sets' folder of map-set folders")
+        if self.b0_ref <= 0 or (self.snr is not None and self.snr <= 0):
+            raise ParameterError("data: b0_ref and snr must be > 0")
+
+
+@dataclass(frozen=True)
+class SegTrainConfig:
+    """Everything a segmentation training run needs (``task = "seg"``)."""
+
+    network: SegmenterConfig = field(default_factory=SegmenterConfig)
+    data: SegDataConfig = field(default_factory=lambda: SegDataConfig(labels="labels"))
+    loss: SegLossConfig = field(default_factory=SegLossConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    task: str = "seg"
+
+
+@dataclass(frozen=True)
+class EstimatorTrainConfig:
+    """Everything a qATLAS estimator training run needs (``task = "estimator"``)."""
+
+    network: EstimatorConfig = field(default_factory=EstimatorConfig)
+    data: EstimatorDataConfig = field(default_factory=lambda: EstimatorDataConfig(map_sets="map_sets"))
+    loss: EstimatorLossConfig = field(default_factory=EstimatorLossConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    task: str = "estimator"
+
+
+TrainConfig = SegTrainConfig | EstimatorTrainConfig
+
+_SECTIONS = {
+    "seg": {"network": SegmenterConfig, "data": SegDataConfig, "loss": SegLossConfig},
+    "estimator": {"network": EstimatorConfig, "data": EstimatorDataConfig, "loss": EstimatorLossConfig},
+}
+_PATH_KEYS = ("labels", "real_images", "real_labels", "map_sets", "estimator", "mprage")
+
+
+def _section(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ParameterError(f"{where}: must be a JSON object")
+    if hasattr(cls, "from_dict"):
+        return cls.from_dict(data)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ParameterError(f"{where}: unknown keys {unknown}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def config_from_dict(data: Mapping[str, Any], base: str | os.PathLike[str] | None = None) -> TrainConfig:
+    """Build a training config from its JSON form; relative data paths are resolved against ``base``."""
+    task = data.get("task", "seg")
+    if task not in TASKS:
+        raise ParameterError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    unknown = sorted(set(data) - {"task", "network", "data", "loss", "optimizer", "loop"})
+    if unknown:
+        raise ParameterError(f"unknown top-level keys {unknown}")
+    sections = dict(_SECTIONS[task], optimizer=OptimizerConfig, loop=LoopConfig)
+    values: dict[str, Any] = {}
+    for name, cls in sections.items():
+        if name not in data:
+            continue
+        raw = dict(data[name]) if isinstance(data[name], Mapping) else data[name]
+        if name == "data" and base is not None and isinstance(raw, dict):
+            for key in _PATH_KEYS:
+                if isinstance(raw.get(key), str):
+                    raw[key] = str(Path(base) / os.path.expanduser(raw[key]))
+        values[name] = _section(cls, raw, name)
+    if "data" not in values:
+        raise ParameterError("a training config needs a 'data' section")
+    return (SegTrainConfig if task == "seg" else EstimatorTrainConfig)(**values)
+
+
+def config_to_dict(config: TrainConfig) -> dict[str, Any]:
+    """JSON-ready form of a training config (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def load_config(path: str | os.PathLike[str]) -> TrainConfig:
+    """Read a training config JSON file (see the module docstring); bad files raise ``InputError``."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError("config file not found", path) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"not a readable JSON config ({error})", path) from None
+    if not isinstance(data, Mapping):
+        raise InputError("a training config must be a JSON object", path)
+    try:
+        return config_from_dict(data, base=path.resolve().parent)
+    except (ParameterError, TypeError) as error:
+        raise InputError(str(error), path) from None
+
+
+def save_config(config: TrainConfig, path: str | os.PathLike[str]) -> Path:
+    """Write ``config`` as indented JSON, atomically (temporary file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def with_overrides(config: TrainConfig, **loop: Any) -> TrainConfig:
+    """A copy of ``config`` with some :class:`LoopConfig` fields replaced (``None`` values are ignored)."""
+    changes = {k: v for k, v in loop.items() if v is not None}
+    return dataclasses.replace(config, loop=dataclasses.replace(config.loop, **changes)) if changes else config
+
+
+def poly_factor(iteration: int, total: int, power: float) -> float:
+    """Polynomial decay factor ``(1 − i/N)^power`` (clamped at 0 for i ≥ N)."""
+    return max(0.0, 1.0 - iteration / total) ** power

@@ -1,0 +1,183 @@
+"""qATLAS estimator training (SPEC §7): one MPRAGE in, PD/R1/R2*/MT maps out.
+
+Sample ``k`` (a pure function of ``(loop.seed, k)``): a real map set is chosen; an MPRAGE protocol and
+a field strength B0 are drawn from the ``qatlas_mprage`` ranges (:func:`qmricore.generators.qsynth.
+draw_qatlas_mprage`); R1 and R2* are re-scaled from ``data.b0_ref`` to B0
+(:func:`qmricore.physics.rescale_field_strength`) and the MPRAGE is simulated from them
+(:func:`qmricore.physics.simulate`, Rician noise at ``data.snr``).  The image and the target maps go
+through the same spatial augmentation; the image alone through the intensity one; the image is then
+normalised as at inference.
+
+The targets are the map set as measured (at ``b0_ref``): the network learns to give reference-field
+maps whatever the field of the MPRAGE, so the estimated maps can feed the simulator directly.
+
+Loss: L2 for the first ``loss.warmup_fraction`` of the steps, then L1 + L2 on the maps and on their
+spatial finite differences (:func:`estimator_loss`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..networks import ESTIMATOR_MAPS, build_estimator
+from .config import EstimatorLossConfig, EstimatorTrainConfig, config_to_dict
+from .loop import TrainingJob, run_training, sample_seed
+from .seg import fit_shape, map_set_folders, normalise, padded_shape
+
+#: Loss phases: warm-up (L2 on values) and main (L1 + L2 on values and on spatial gradients).
+PHASES = ("l2", "l1+l2+gradient")
+
+
+def loss_phase(step: int, iterations: int, warmup_fraction: float) -> str:
+    """``"l2"`` while ``step < warmup_fraction·iterations`` (0-based steps), else ``"l1+l2+gradient"``."""
+    return PHASES[0] if step < warmup_fraction * iterations else PHASES[1]
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    weight = mask.expand_as(values)
+    return (values * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def _differences(x: torch.Tensor, mask: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Forward differences of ``x`` (B, C, X, Y, Z) along each spatial axis, with the mask of valid pairs."""
+    out = []
+    for axis in (2, 3, 4):
+        n = x.shape[axis]
+        a, b = x.narrow(axis, 1, n - 1), x.narrow(axis, 0, n - 1)
+        out.append((a - b, mask.narrow(axis, 1, n - 1) * mask.narrow(axis, 0, n - 1)))
+    return out
+
+
+def estimator_loss(config: EstimatorLossConfig, iterations: int) -> Any:
+    """The loop's loss: ``loss(maps (B, 4, ...), targets (B, 5, ...), step) -> (loss, parts)``.
+
+    ``targets`` holds the 4 target maps (order :data:`~qmricore.networks.ESTIMATOR_MAPS`) and, as its
+    5th channel, the mask of voxels that count (target PD > 0).  Every map is divided by its
+    ``map_scales`` value.  The parts (``l1, l2, grad_l1, grad_l2, phase``) are logged whatever the phase.
+    """
+    scales = torch.tensor([config.map_scales[k] for k in ESTIMATOR_MAPS], dtype=torch.float32).view(1, -1, 1, 1, 1)
+
+    def loss(maps: torch.Tensor, targets: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        s = scales.to(maps)
+        mask = targets[:, 4:5]
+        error = maps / s - targets[:, :4] / s
+        l2, l1 = _masked_mean(error**2, mask), _masked_mean(error.abs(), mask)
+        grads = _differences(error, mask)
+        g2 = sum(_masked_mean(d**2, m) for d, m in grads) / 3
+        g1 = sum(_masked_mean(d.abs(), m) for d, m in grads) / 3
+        phase = loss_phase(step, iterations, config.warmup_fraction)
+        total = l2 if phase == PHASES[0] else l1 + l2 + config.gradient_weight * (g1 + g2)
+        parts = {"l2": float(l2.detach()), "l1": float(l1.detach()), "grad_l2": float(g2.detach()),
+                 "grad_l1": float(g1.detach()), "phase": float(PHASES.index(phase))}
+        return total, parts
+
+    return loss
+
+
+class EstimatorSampler:
+    """Training samples: ``sample(k) -> (mprage (1, X, Y, Z), targets (5, X, Y, Z))`` (maps + mask)."""
+
+    def __init__(self, config: EstimatorTrainConfig, device: torch.device | str = "cpu") -> None:
+        from ..model_file import PreprocessConfig
+
+        self.config = config
+        self.data = config.data
+        self.device = torch.device(device)
+        self.preprocessing = PreprocessConfig.from_dict(config.data.preprocessing)
+        self.multiple = int(np.prod(config.network.strides))
+
+    @cached_property
+    def map_sets(self) -> list[dict[str, torch.Tensor]]:
+        from ..io import load_map_set
+
+        sets = []
+        for folder in map_set_folders(self.data.map_sets):
+            map_set = load_map_set(folder=folder)
+            missing = [k for k in ESTIMATOR_MAPS if k not in map_set.maps]
+            if missing:
+                raise InputError(f"the estimator needs {', '.join(ESTIMATOR_MAPS)} maps; missing {', '.join(missing)}",
+                                 folder)
+            sets.append({k: torch.from_numpy(v).to(self.device) for k, v in map_set.maps.items()})
+        return sets
+
+    def sample(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from ..augment import AugmentConfig, apply_intensity, apply_spatial, draw_augment, sampling_grid
+        from ..generators.qsynth import draw_qatlas_mprage
+        from ..physics import rescale_field_strength, simulate
+
+        rng = np.random.default_rng(sample_seed(self.config.loop.seed, index))
+        sets = self.map_sets
+        maps = sets[int(rng.integers(len(sets)))]
+        draw, b0 = draw_qatlas_mprage(torch.Generator().manual_seed(int(rng.integers(0, 2**62))))
+        r1, r2s = rescale_field_strength(maps["r1"], maps["r2s"], self.data.b0_ref, b0)
+        image = simulate("mprage", {**maps, "r1": r1, "r2s": r2s}, snr=self.data.snr,
+                         seed=int(rng.integers(0, 2**31 - 1)), **draw.params)
+        targets = torch.stack([maps[k] for k in ESTIMATOR_MAPS] + [(maps["pd"] > 0).to(maps["pd"].dtype)])
+
+        options = dict(self.data.augment)
+        options.setdefault("crop", self.data.patch_size)
+        options.setdefault("noise_prob", 0.0)  # noise is already in the simulation
+        aug = draw_augment(tuple(image.shape), AugmentConfig.from_dict(options), int(rng.integers(0, 2**62)))
+        grid = sampling_grid(aug.spatial, image.device)
+        image = apply_spatial(image.to(torch.float32), aug.spatial, grid=grid)
+        targets = apply_spatial(targets.to(torch.float32), aug.spatial, grid=grid)
+        targets[4] = (targets[4] > 0.5).to(targets.dtype)
+        image = apply_intensity(image, aug.intensity, foreground=targets[4] > 0)
+        image = normalise(image, self.preprocessing)
+
+        shape = self.data.patch_size or padded_shape(image.shape[-3:], self.multiple)
+        offset = [int(rng.integers(0, max(s - w, 0) + 1)) for s, w in zip(image.shape[-3:], shape, strict=True)]
+        return fit_shape(image[None], shape, offset), fit_shape(targets, shape, offset)
+
+    def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        images, targets = zip(*(self.sample(k) for k in indices), strict=True)
+        return torch.stack(images), torch.stack(targets)
+
+
+def train_estimator(
+    config: EstimatorTrainConfig,
+    out_dir: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train (or resume) a qATLAS estimator; returns the exported model file ``out_dir/model.pt``."""
+    from ..model_file import WindowConfig, save_model
+    from .config import save_config
+    from .loop import resolve_device
+
+    device = resolve_device(device)
+    sampler = EstimatorSampler(config, device)
+    window = WindowConfig(patch=config.data.patch_size) if config.data.patch_size else WindowConfig()
+    out = Path(out_dir)
+    if os.environ.get("RANK", "0") == "0":
+        out.mkdir(parents=True, exist_ok=True)
+        if not (resume and (out / "config.json").exists()):
+            save_config(config, out / "config.json")
+    info = {"task": "estimator", "b0_ref": config.data.b0_ref, "iterations": config.loop.iterations,
+            "seed": config.loop.seed, "config": config_to_dict(config)}
+
+    def export(model: torch.nn.Module, path: Path) -> Path:
+        return save_model(path, model, config.network, preprocessing=sampler.preprocessing, inference=window,
+                          training=info)
+
+    job = TrainingJob(
+        build_model=lambda: build_estimator(config.network),
+        make_batch=sampler.batch,
+        loss=estimator_loss(config.loss, config.loop.iterations),
+        export=export,
+        config=config_to_dict(config),
+        loop=config.loop,
+        optimizer=config.optimizer,
+        meta={"classes": list(ESTIMATOR_MAPS), "preprocessing": sampler.preprocessing.to_dict()},
+    )
+    return run_training(job, out, resume=resume, device=device, progress=progress)
