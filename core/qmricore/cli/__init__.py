@@ -19,7 +19,10 @@ from collections.abc import Sequence
 from ..errors import QMRIError
 
 #: Sub-command modules, in the order ``--help`` lists them.
-COMMANDS = ("simulate", "demo")
+COMMANDS = (
+    "simulate", "demo", "sample-data", "train-seg", "train-estimator", "fit-priors", "synth",
+    "segment", "estimate", "evaluate",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
