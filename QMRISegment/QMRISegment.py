@@ -1,0 +1,334 @@
+"""QMRISegment: lesion segmentation and qMRI estimation (MPRAGE -> PD, R1, R2*, MT) with trained models.
+
+Module / parameter node / Widget / Logic / Test in the Slicer 5 scripted-module shape.  Long work runs
+in a background process (``QMRISegmentLib.runner.BackgroundRunner``) that the widget polls with a timer;
+Apply turns into Cancel while it runs.  The computation is in the Qt-free ``QMRISegmentLib`` package.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import unittest
+
+import numpy as np
+import qt
+import slicer
+import vtk
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+try:  # installed extension: both modules share one scripted-modules folder
+    import QMRISynthLib  # noqa: F401
+except ImportError:  # source tree: the sibling module folder
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "QMRISynth"))
+
+from QMRISegmentLib.logic import QMRISegmentLogic as SegmentCore
+from QMRISegmentLib.parameters import segmentNodes, segmentParameters
+from QMRISegmentLib.runner import RunnerEvent
+from QMRISynthLib.parameters import makeParameterNodeClass
+
+#: How often the widget polls the background process (ms).
+POLL_INTERVAL_MS = 200
+
+
+#
+# QMRISegment
+#
+
+
+class QMRISegment(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("qMRI Segment")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["qMRI synthesis team"]
+        self.parent.helpText = _(
+            "Segment stroke lesions in one or more images (modality tags; logits ensembled across modalities) "
+            "with a model trained on physics-based synthetic data, and estimate PD, R1, R2*, MT maps from an "
+            "MPRAGE. Runs on the GPU when there is one. The result is a segmentation with a coded 'Lesion' "
+            "segment and a table with the lesion volume in mL.")
+        self.parent.acknowledgementText = _("Built on the qmricore library (MONAI networks).")
+
+
+#
+# QMRISegmentParameterNode: built from the one definition in QMRISegmentLib.parameters
+#
+
+QMRISegmentParameterNode = makeParameterNodeClass(
+    "QMRISegmentParameterNode", __name__, segmentParameters(), segmentNodes(),
+    wrapper=parameterNodeWrapper, withinRange=WithinRange, choice=Choice,
+    nodeClass=lambda className: getattr(slicer, className))
+
+
+#
+# QMRISegmentWidget
+#
+
+
+class QMRISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self.job = None
+        self._jobButton = None
+        self._pollTimer = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/QMRISegment.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = QMRISegmentLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.applyButton.clicked.connect(self.onApplyButton)
+        self.ui.estimateButton.clicked.connect(self.onEstimateButton)
+        self.ui.progressBar.setVisible(False)
+        self.ui.progressBar.setRange(0, 100)
+
+        self._pollTimer = qt.QTimer()
+        self._pollTimer.setInterval(POLL_INTERVAL_MS)
+        self._pollTimer.timeout.connect(self.onPoll)
+
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+        self.cancelJob()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.cancelJob()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume1:
+            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if first:
+                self._parameterNode.inputVolume1 = first
+
+    def setParameterNode(self, inputParameterNode: QMRISegmentParameterNode | None) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+            self.updateButtons()
+
+    # ------------------------------------------------------------------ buttons
+    def updateButtons(self, caller=None, event=None) -> None:
+        running = self.job is not None
+        hasInput = bool(self._parameterNode and self._parameterNode.inputVolume1)
+        self.ui.applyButton.setText(_("Cancel") if running and self._jobButton == "segment" else _("Segment lesions"))
+        self.ui.estimateButton.setText(_("Cancel") if running and self._jobButton == "estimate"
+                                       else _("Estimate qMRI maps (MPRAGE)"))
+        self.ui.applyButton.setEnabled(hasInput and (not running or self._jobButton == "segment"))
+        self.ui.estimateButton.setEnabled(hasInput and (not running or self._jobButton == "estimate"))
+
+    def onApplyButton(self) -> None:
+        if self.job is not None:
+            self.cancelJob()
+            return
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Could not start the segmentation."), waitCursor=True):
+            self._startJob("segment", self.logic.core.startSegmentation(
+                self.logic.core.inputsFromParameters(p), p.modelPath, p.testTimeAugmentation, p.device,
+                p.outputSegmentation, p.outputTable))
+
+    def onEstimateButton(self) -> None:
+        if self.job is not None:
+            self.cancelJob()
+            return
+        p = self._parameterNode
+        mprage = next((node for node, modality in self.logic.core.inputsFromParameters(p) if modality == "MPRAGE"),
+                      p.inputVolume1)
+        with slicer.util.tryWithErrorDisplay(_("Could not start the estimation."), waitCursor=True):
+            self._startJob("estimate", self.logic.core.startEstimation(
+                mprage, p.estimatorModelPath, p.testTimeAugmentation, p.device))
+
+    # ------------------------------------------------------------------ background job
+    def _startJob(self, button: str, job) -> None:
+        self.job, self._jobButton = job, button
+        self.ui.progressBar.setValue(0)
+        self.ui.progressBar.setVisible(True)
+        self.ui.statusLabel.setText(_("Starting..."))
+        self._pollTimer.start()
+        self.updateButtons()
+
+    def cancelJob(self) -> None:
+        if self.job is None:
+            return
+        self.job.runner.cancel()
+        self.onPoll()
+
+    def onPoll(self) -> None:
+        if self.job is None:
+            return
+        for event in self.job.runner.poll():
+            if event.kind is RunnerEvent.PROGRESS:
+                self.ui.progressBar.setValue(int(round(100 * event.fraction)))
+                self.ui.statusLabel.setText(event.message)
+            elif event.kind is RunnerEvent.LOG:
+                logging.info("QMRISegment worker: %s", event.message)
+            else:
+                self._finish(event)
+                return
+
+    def _finish(self, event) -> None:
+        job, self.job = self.job, None
+        self._pollTimer.stop()
+        self.ui.progressBar.setVisible(False)
+        self.updateButtons()
+        if event.kind is RunnerEvent.CANCELLED:
+            job.cleanup()
+            self.ui.statusLabel.setText(_("Cancelled."))
+            return
+        try:
+            nodes = self.logic.core.finishJob(job, event)
+        except Exception as error:  # the worker's last error line, shown, not swallowed
+            self.ui.statusLabel.setText(str(error))
+            slicer.util.errorDisplay(_("Failed: {message}").format(message=error))
+            return
+        p = self._parameterNode
+        if job.kind == "segment":
+            p.outputSegmentation, p.outputTable = nodes["segmentation"], nodes["table"]
+            nodes["segmentation"].CreateClosedSurfaceRepresentation()
+            self.ui.statusLabel.setText(_("Lesion volume: {ml:.2f} mL").format(ml=nodes["lesion_ml"] or 0.0))
+        else:
+            slicer.util.setSliceViewerLayers(background=nodes.get("r1"))
+            names = ", ".join(node.GetName() for node in nodes.values())
+            self.ui.statusLabel.setText(_("Estimated: {maps}").format(maps=names))
+
+
+#
+# QMRISegmentLogic
+#
+
+
+class QMRISegmentLogic(ScriptedLoadableModuleLogic):
+    """Parameter node access; the computation is ``self.core`` (``QMRISegmentLib.logic.QMRISegmentLogic``)."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.core = SegmentCore(slicer.mrmlScene)
+
+    def getParameterNode(self):
+        return QMRISegmentParameterNode(super().getParameterNode())
+
+    def segment(self, parameterNode, timeout=None) -> dict:
+        """Segment and wait (headless callers); returns the segmentation and table nodes."""
+        p = parameterNode
+        job = self.core.startSegmentation(self.core.inputsFromParameters(p), p.modelPath, p.testTimeAugmentation,
+                                          p.device, p.outputSegmentation, p.outputTable)
+        return self.core.run(job, timeout)
+
+
+#
+# QMRISegmentTest (runs in the Slicer app)
+#
+
+
+class QMRISegmentTest(ScriptedLoadableModuleTest):
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_ImportMaskAsCodedSegment()
+        self.setUp()
+        self.test_BackgroundSegmentationAndCancel()
+
+    def _volume(self):
+        rng = np.random.default_rng(0)
+        ijkToRas = np.diag([0.9, 1.1, 2.0, 1.0])
+        return slicer.util.addVolumeFromArray(rng.uniform(0, 100, (10, 12, 14)).astype(np.float32), ijkToRas,
+                                              name="flair")
+
+    def _tinyModel(self, path):
+        import torch
+        from qmricore.model_file import PreprocessConfig, WindowConfig, save_model
+        from qmricore.networks import SegmenterConfig, build_network
+
+        torch.manual_seed(0)
+        config = SegmenterConfig(classes="binary", channels=(2, 4), num_res_units=0)
+        return save_model(path, build_network("segmenter", config), config, preprocessing=PreprocessConfig(spacing=2.0),
+                          inference=WindowConfig(patch=(16, 16, 16)))
+
+    def test_ImportMaskAsCodedSegment(self):
+        from qmricore.io import Volume, write_nifti
+        from QMRISegmentLib.logic import LESION_TERMINOLOGY
+
+        self.delayDisplay("Mask file -> coded Lesion segment and volume table")
+        volume = self._volume()
+        mask = np.zeros((10, 12, 14), np.uint8)
+        mask[3:6, 4:8, 5:9] = 1
+        path = os.path.join(slicer.app.temporaryPath, "qmrisegment_test_mask.nii.gz")
+        matrix = vtk.vtkMatrix4x4()
+        volume.GetIJKToRASMatrix(matrix)
+        like = Volume(mask.transpose(2, 1, 0), slicer.util.arrayFromVTKMatrix(matrix))
+        write_nifti(path, mask.transpose(2, 1, 0), like)
+        seg, table = QMRISegmentLogic().core.importSegmentation(path, volume)
+        segmentId = seg.GetSegmentation().GetSegmentIdBySegmentName("Lesion")
+        self.assertEqual(seg.GetSegmentation().GetSegment(segmentId).GetTerminology(), LESION_TERMINOLOGY)
+        exported = slicer.util.arrayFromSegmentBinaryLabelmap(seg, segmentId, volume)
+        self.assertEqual(int(exported.sum()), int(mask.sum()))
+        self.assertAlmostEqual(slicer.util.arrayFromTableColumn(table, "Volume (mL)")[0],
+                               mask.sum() * 0.9 * 1.1 * 2.0 / 1000, places=9)
+        self.delayDisplay("Test passed")
+
+    def test_BackgroundSegmentationAndCancel(self):
+        self.delayDisplay("Background segmentation through the widget; Apply turns into Cancel")
+        volume = self._volume()
+        model = self._tinyModel(os.path.join(slicer.app.temporaryPath, "qmrisegment_test_model.pt"))
+        slicer.util.selectModule("QMRISegment")
+        widget = slicer.modules.QMRISegmentWidget
+        p = widget._parameterNode
+        p.inputVolume1, p.modelPath, p.device, p.testTimeAugmentation = volume, model, "cpu", False
+        widget.ui.applyButton.click()
+        self.assertEqual(widget.ui.applyButton.text, "Cancel")
+        widget.ui.applyButton.click()  # cancel
+        self.assertIsNone(widget.job)
+        self.assertEqual(widget.ui.applyButton.text, "Segment lesions")
+        widget.ui.applyButton.click()
+        while widget.job is not None:
+            slicer.app.processEvents()
+            qt.QThread.msleep(50)
+        self.assertIsNotNone(p.outputSegmentation)
+        self.assertIsNotNone(p.outputTable)
+        self.delayDisplay("Test passed")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    unittest.main()

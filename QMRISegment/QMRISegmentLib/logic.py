@@ -1,0 +1,288 @@
+"""QMRISegment computation on MRML nodes, without Qt.
+
+* :meth:`QMRISegmentLogic.startSegmentation` writes the input volume nodes to NIfTI in a temporary
+  folder and starts the worker (:mod:`.worker`) in a :class:`~.runner.BackgroundRunner`;
+  :meth:`QMRISegmentLogic.finishJob` turns its output into MRML nodes: a segmentation node with one
+  terminology-coded "Lesion" segment on the first input's grid, and a table with the lesion volume in mL.
+* :meth:`QMRISegmentLogic.startEstimation` does the same for qMRI estimation (MPRAGE -> PD, R1, R2*,
+  MT volume nodes on the MPRAGE's grid).
+
+Everything a user can get wrong (no input, no model file, a failed worker) raises or reports one line.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import slicer
+import vtk
+from qmricore.errors import InputError
+from qmricore.io import read_volume
+from QMRISynthLib import mrmlio
+from QMRISynthLib.logic import MAP_ATTRIBUTE, MAP_TITLES
+
+from .runner import BackgroundRunner, Event, RunnerEvent
+
+WORKER = Path(__file__).with_name("worker.py")
+#: Where the shipped models live, first match wins: the repository's and the module's Resources/Models.
+MODEL_FOLDERS = (Path(__file__).resolve().parents[2] / "Resources" / "Models",
+                 Path(__file__).resolve().parents[1] / "Resources" / "Models")
+DEFAULT_SEGMENTER = "lesion_seg_qsynth.pt"
+DEFAULT_ESTIMATOR = "qatlas_estimator.pt"
+
+LESION_SEGMENT_NAME = "Lesion"
+#: Display colour of the lesion segment (RGB 0-1): a saturated orange-red that stands out on grey MRI.
+LESION_COLOR = (0.94, 0.33, 0.16)
+#: DICOM/SNOMED CT coding of the lesion segment, as Slicer 5's terminology logic serialises it
+#: (category 49755003 "Morphologically Altered Structure", type 52988006 "Lesion", region 12738006 "Brain").
+LESION_TERMINOLOGY = slicer.vtkSlicerTerminologiesModuleLogic.SerializeTerminologyEntry(
+    "Segmentation category and type - 3D Slicer General Anatomy list",
+    "49755003", "SCT", "Morphologically Altered Structure",
+    "52988006", "SCT", "Lesion",
+    "", "", "",
+    "Anatomic codes - DICOM master list",
+    "12738006", "SCT", "Brain",
+    "", "", "")
+#: Node attribute holding a volume's modality tag.
+MODALITY_ATTRIBUTE = "QMRI.Modality"
+TABLE_COLUMNS = ("Segment", "Voxel count", "Volume (mL)", "Inputs", "Model")
+
+
+@dataclass
+class Job:
+    """A running background task and what is needed to import its result."""
+
+    kind: str  # "segment" or "estimate"
+    runner: BackgroundRunner
+    folder: Path
+    referenceNode: Any
+    inputs: list[tuple[Any, str]]
+    model: Path
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def defaultModelPath(name: str = DEFAULT_SEGMENTER) -> Path | None:
+    """The shipped model file of that name, or None when it is not there."""
+    for folder in MODEL_FOLDERS:
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def voxelVolumeMl(node: Any) -> float:
+    """Volume of one voxel in mL (|det| of the IJK-to-RAS 3x3 part, mm^3, / 1000)."""
+    return abs(float(np.linalg.det(mrmlio.ijkToRas(node)[:3, :3]))) / 1000.0
+
+
+class QMRISegmentLogic:
+    """Segmentation and estimation jobs and their import into MRML nodes."""
+
+    def __init__(self, scene: Any = None) -> None:
+        self.scene = scene if scene is not None else slicer.mrmlScene
+
+    # ------------------------------------------------------------------ inputs
+    @staticmethod
+    def inputsFromParameters(p: Any) -> list[tuple[Any, str]]:
+        """``(volume node, modality)`` of the selected inputs, in slot order; ensemble off keeps the first."""
+        inputs = [(getattr(p, f"inputVolume{i}"), getattr(p, f"modality{i}")) for i in (1, 2, 3)]
+        inputs = [(node, modality) for node, modality in inputs if node is not None]
+        return inputs if p.ensemble else inputs[:1]
+
+    @staticmethod
+    def resolveModel(path: Any, default: str = DEFAULT_SEGMENTER) -> Path:
+        """The model file to use: ``path`` if given, else the shipped one; one-line errors otherwise."""
+        text = "" if path is None else str(path)
+        if text in ("", "."):
+            found = defaultModelPath(default)
+            if found is None:
+                raise InputError(f"no model file selected and the shipped model {default} is not installed "
+                                 f"(looked in {', '.join(str(f) for f in MODEL_FOLDERS)})")
+            return found
+        model = Path(text)
+        if not model.is_file():
+            raise InputError("model file: no such file", model)
+        return model
+
+    @staticmethod
+    def writeInputs(inputs: Sequence[tuple[Any, str]], folder: Path) -> list[Path]:
+        """Write each input node as NIfTI (atomically) into ``folder``; the modality is tagged on the node."""
+        paths = []
+        for index, (node, modality) in enumerate(inputs):
+            node.SetAttribute(MODALITY_ATTRIBUTE, modality)
+            paths.append(mrmlio.exportNifti(node, folder / f"input{index + 1}_{modality}.nii.gz"))
+        return paths
+
+    # ------------------------------------------------------------------ jobs
+    @staticmethod
+    def workerCommand(kind: str, inputs: Sequence[Path], model: Path, output: Path, tta: bool = True,
+                      device: str = "auto") -> list[str]:
+        """The worker's command line (``sys.executable worker.py ...``)."""
+        command = [sys.executable, str(WORKER), kind, "--model", str(model), "--device", device]
+        for path in inputs:
+            command += ["--input", str(path)]
+        command += ["--out", str(output)] if kind == "segment" else ["--out-dir", str(output)]
+        if not tta:
+            command.append("--no-tta")
+        return command
+
+    def startSegmentation(self, inputs: Sequence[tuple[Any, str]], model: Any = None, tta: bool = True,
+                          device: str = "auto", segmentationNode: Any = None, tableNode: Any = None) -> Job:
+        """Start segmenting ``inputs`` (several: logits ensembled) in a background process."""
+        if not inputs:
+            raise InputError("select an input volume")
+        modelPath = self.resolveModel(model)
+        folder = Path(tempfile.mkdtemp(prefix="qmrisegment-"))
+        try:
+            paths = self.writeInputs(inputs, folder)
+            runner = BackgroundRunner(self.workerCommand("segment", paths, modelPath, folder / "lesion_mask.nii.gz",
+                                                         tta, device)).start()
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return Job("segment", runner, folder, inputs[0][0], list(inputs), modelPath,
+                   {"segmentation": segmentationNode, "table": tableNode})
+
+    def startEstimation(self, mprageNode: Any, model: Any = None, tta: bool = True, device: str = "auto") -> Job:
+        """Start estimating PD, R1, R2*, MT from an MPRAGE volume node in a background process."""
+        if mprageNode is None:
+            raise InputError("select the MPRAGE volume")
+        modelPath = self.resolveModel(model, DEFAULT_ESTIMATOR)
+        folder = Path(tempfile.mkdtemp(prefix="qmriestimate-"))
+        try:
+            paths = self.writeInputs([(mprageNode, "MPRAGE")], folder)
+            runner = BackgroundRunner(self.workerCommand("estimate", paths, modelPath, folder / "maps", tta,
+                                                         device)).start()
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return Job("estimate", runner, folder, mprageNode, [(mprageNode, "MPRAGE")], modelPath)
+
+    def finishJob(self, job: Job, event: Event) -> dict[str, Any]:
+        """Import a finished job's result into nodes (and remove its temporary folder).
+
+        Returns the new nodes: ``{"segmentation", "table"}`` or the maps by key.  A FAILED event raises
+        :class:`~qmricore.errors.QMRIError`-style ``RuntimeError`` with the worker's last error line.
+        """
+        try:
+            if event.kind is RunnerEvent.FAILED:
+                raise RuntimeError(event.message)
+            if event.kind is RunnerEvent.CANCELLED:
+                return {}
+            if job.kind == "segment":
+                segmentation, table = self.importSegmentation(
+                    Path(event.result["mask"]), job.referenceNode, job.outputs.get("segmentation"),
+                    job.outputs.get("table"), inputs=job.inputs, model=job.model)
+                return {"segmentation": segmentation, "table": table, "lesion_ml": event.result.get("lesion_ml")}
+            return self.importEstimatedMaps(event.result["maps"], job.referenceNode)
+        finally:
+            job.cleanup()
+
+    def run(self, job: Job, timeout: float | None = None) -> dict[str, Any]:
+        """Wait for a job (batch use) and import its result; raises on failure."""
+        events = job.runner.wait(timeout)
+        return self.finishJob(job, events[-1])
+
+    # ------------------------------------------------------------------ import
+    def importSegmentation(self, maskPath: Path, referenceNode: Any, segmentationNode: Any = None,
+                           tableNode: Any = None, inputs: Sequence[tuple[Any, str]] = (),
+                           model: Path | None = None) -> tuple[Any, Any]:
+        """A lesion mask file -> a "Lesion" segment (coded, coloured) and a lesion-volume table row.
+
+        The mask must be on the reference volume's grid (the worker writes it so); the segment gets the
+        reference's exact IJK-to-RAS.
+        """
+        mask = read_volume(maskPath, what="lesion mask")
+        kji = np.ascontiguousarray((mask.data > 0.5).astype(np.uint8).transpose(2, 1, 0))
+        if kji.shape != tuple(reversed(mrmlio.dimensions(referenceNode))) or \
+                not np.allclose(mask.affine, mrmlio.ijkToRas(referenceNode), atol=1e-3):
+            raise InputError(f"lesion mask is not on the grid of {mrmlio.nodeName(referenceNode)}", maskPath)
+        segmentationNode = self.lesionSegmentation(kji, referenceNode, segmentationNode)
+        voxels = int(kji.sum())
+        tableNode = self.lesionTable(voxels, voxels * voxelVolumeMl(referenceNode), tableNode,
+                                     ", ".join(f"{mrmlio.nodeName(n)} ({m})" for n, m in inputs),
+                                     model.name if model is not None else "")
+        return segmentationNode, tableNode
+
+    def lesionSegmentation(self, maskKJI: np.ndarray, referenceNode: Any, segmentationNode: Any = None) -> Any:
+        """Put a binary KJI mask on the reference grid into the "Lesion" segment (replacing an old one)."""
+        if segmentationNode is None:
+            segmentationNode = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode",
+                                                            self.scene.GenerateUniqueName("Lesion segmentation"))
+            segmentationNode.CreateDefaultDisplayNodes()
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceNode)
+        segmentation = segmentationNode.GetSegmentation()
+        old = segmentation.GetSegmentIdBySegmentName(LESION_SEGMENT_NAME)
+        if old:
+            segmentation.RemoveSegment(old)
+        labelNode = mrmlio.addVolumeNode(self.scene, maskKJI.astype(np.uint8), mrmlio.ijkToRas(referenceNode),
+                                         "__lesion_mask__", "vtkMRMLLabelMapVolumeNode")
+        try:
+            before = set(_segmentIds(segmentation))
+            if maskKJI.any() and not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
+                    labelNode, segmentationNode):
+                raise RuntimeError("importing the lesion mask into the segmentation failed")
+            new = [s for s in _segmentIds(segmentation) if s not in before]
+            segmentId = new[0] if new else segmentation.AddEmptySegment("", LESION_SEGMENT_NAME)
+        finally:
+            display = labelNode.GetDisplayNode()
+            self.scene.RemoveNode(labelNode)
+            if display is not None:
+                self.scene.RemoveNode(display)
+        segment = segmentation.GetSegment(segmentId)
+        segment.SetName(LESION_SEGMENT_NAME)
+        segment.SetColor(*LESION_COLOR)
+        segment.SetTerminology(LESION_TERMINOLOGY)
+        segment.SetNameAutoGenerated(False)
+        segment.SetColorAutoGenerated(False)
+        return segmentationNode
+
+    def lesionTable(self, voxels: int, volumeMl: float, tableNode: Any = None, inputs: str = "",
+                    model: str = "") -> Any:
+        """A one-row table: segment name, voxel count, volume (mL), inputs, model."""
+        if tableNode is None:
+            tableNode = self.scene.AddNewNodeByClass("vtkMRMLTableNode", self.scene.GenerateUniqueName("Lesion volume"))
+        table = tableNode.GetTable()
+        table.Initialize()
+        columns = []
+        for name, cls, value in zip(TABLE_COLUMNS, (vtk.vtkStringArray, vtk.vtkIntArray, vtk.vtkDoubleArray,
+                                                    vtk.vtkStringArray, vtk.vtkStringArray),
+                                    (LESION_SEGMENT_NAME, voxels, volumeMl, inputs, model), strict=True):
+            column = cls()
+            column.SetName(name)
+            column.InsertNextValue(value)
+            columns.append(column)
+        for column in columns:
+            table.AddColumn(column)
+        tableNode.SetColumnUnitLabel("Volume (mL)", "mL")
+        tableNode.SetColumnDescription("Volume (mL)", "lesion volume: voxel count times voxel volume")
+        tableNode.Modified()
+        return tableNode
+
+    def importEstimatedMaps(self, maps: dict[str, str], referenceNode: Any) -> dict[str, Any]:
+        """Estimated map files -> volume nodes with the reference's exact IJK-to-RAS."""
+        nodes = {}
+        shape = tuple(reversed(mrmlio.dimensions(referenceNode)))
+        for key, path in maps.items():
+            volume = read_volume(path, what=f"estimated {key} map")
+            kji = np.ascontiguousarray(volume.data.transpose(2, 1, 0), dtype=np.float32)
+            if kji.shape != shape:
+                raise InputError(f"estimated {key} map is not on the grid of {mrmlio.nodeName(referenceNode)}", path)
+            node = mrmlio.addVolumeNode(self.scene, kji, mrmlio.ijkToRas(referenceNode),
+                                        f"{mrmlio.nodeName(referenceNode)}_{MAP_TITLES.get(key, key)}")
+            node.SetAttribute(MAP_ATTRIBUTE, key)
+            nodes[key] = node
+        return nodes
+
+
+def _segmentIds(segmentation: Any) -> list[str]:
+    return [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]

@@ -1,0 +1,40 @@
+"""Parameter definitions of QMRISegment (names, types, defaults, choices, node classes): the one place.
+
+``QMRISegment.py`` builds its ``@parameterNodeWrapper`` class from these; the tests and the headless
+:class:`~QMRISynthLib.parameters.ScriptedNodeParameters` read them too.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+from QMRISynthLib.parameters import NodeSpec, ParameterSpec
+
+#: Modality tags of QMRISegment input volumes (what the image is; the model may use it).
+MODALITIES = ("FLAIR", "T1w", "T2w", "DWI", "MPRAGE", "other")
+DEVICES = ("auto", "cuda", "cpu")
+
+
+def segmentParameters() -> tuple[ParameterSpec, ...]:
+    """Scalar parameters of QMRISegment."""
+    return (
+        ParameterSpec("modality1", str, "FLAIR", choices=MODALITIES, label="Modality 1"),
+        ParameterSpec("modality2", str, "T1w", choices=MODALITIES, label="Modality 2"),
+        ParameterSpec("modality3", str, "T2w", choices=MODALITIES, label="Modality 3"),
+        ParameterSpec("device", str, "auto", choices=DEVICES, label="Device"),
+        ParameterSpec("testTimeAugmentation", bool, True, label="Test-time augmentation (8 flips)"),
+        ParameterSpec("ensemble", bool, True, label="Ensemble across modalities"),
+        ParameterSpec("modelPath", pathlib.Path, pathlib.Path(), label="Segmentation model (empty: the shipped one)"),
+        ParameterSpec("estimatorModelPath", pathlib.Path, pathlib.Path(),
+                      label="Estimation model (empty: the shipped one)"),
+    )
+
+
+def segmentNodes() -> tuple[NodeSpec, ...]:
+    return (
+        NodeSpec("inputVolume1", "vtkMRMLScalarVolumeNode", "Input 1"),
+        NodeSpec("inputVolume2", "vtkMRMLScalarVolumeNode", "Input 2"),
+        NodeSpec("inputVolume3", "vtkMRMLScalarVolumeNode", "Input 3"),
+        NodeSpec("outputSegmentation", "vtkMRMLSegmentationNode", "Lesion segmentation"),
+        NodeSpec("outputTable", "vtkMRMLTableNode", "Lesion volume table"),
+    )

@@ -1,0 +1,362 @@
+"""QMRISynth: simulate MRI sequences from quantitative maps (PD, R1, R2*, MT) with live sliders.
+
+Module / parameter node / Widget / Logic / Test in the Slicer 5 scripted-module shape.  The computation
+lives in the Qt-free ``QMRISynthLib`` package next to this file (it also runs outside the app on a
+slicer-core MRML scene); this file only binds the panel to a parameter node and calls that Logic.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import unittest
+
+import numpy as np
+import qt
+import slicer
+import vtk
+from QMRISynthLib.logic import QMRISynthLogic as SynthCore
+from QMRISynthLib.logic import SimulationSettings
+from QMRISynthLib.parameters import (
+    SEQUENCE_PARAMETERS,
+    makeParameterNodeClass,
+    parametersOfSequence,
+    presetNames,
+    synthNodes,
+    synthParameters,
+)
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+#: Milliseconds to wait after the last change before the full-volume update (coalesces bursts).
+FULL_UPDATE_DELAY_MS = 150
+
+
+#
+# QMRISynth
+#
+
+
+class QMRISynth(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("qMRI Synth")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Quantification")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["qMRI synthesis team"]
+        self.parent.helpText = _(
+            "Simulate FSE, GRE/SPGR, FLAIR, MPRAGE and MP2RAGE images from quantitative maps (PD, R1, R2*, "
+            "MT, optional B1) and watch the contrast change while dragging the TR/TE/TI/flip sliders. "
+            "Load an hMRI-toolbox folder, or generate maps from a label map with qSynth (seeded). "
+            "Times are in seconds, angles in degrees.")
+        self.parent.acknowledgementText = _(
+            "Physics after the qMRI-synthesis seed papers (physics-constrained synthetic data for lesion "
+            "segmentation; SynthSeg). Built on the qmricore library.")
+
+
+#
+# QMRISynthParameterNode: built from the one definition in QMRISynthLib.parameters
+#
+
+QMRISynthParameterNode = makeParameterNodeClass(
+    "QMRISynthParameterNode", __name__, synthParameters(), synthNodes(),
+    wrapper=parameterNodeWrapper, withinRange=WithinRange, choice=Choice,
+    nodeClass=lambda className: getattr(slicer, className))
+
+
+#
+# QMRISynthWidget
+#
+
+
+class QMRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._simulating = False
+        self._fullUpdateTimer = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/QMRISynth.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = QMRISynthLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.presetComboBox.addItem(_("(choose a preset)"))
+        for name in presetNames():
+            self.ui.presetComboBox.addItem(name)
+        self.ui.presetComboBox.currentIndexChanged.connect(self.onPresetSelected)
+        self.ui.applyButton.clicked.connect(self.onApplyButton)
+        self.ui.loadHMRIButton.clicked.connect(self.onLoadHMRIFolder)
+        self.ui.synthesizeButton.clicked.connect(self.onSynthesize)
+        self.ui.exportButton.clicked.connect(self.onExport)
+        self.ui.plotButton.clicked.connect(self.onPlot)
+        # Sliders do not track (the .ui sets tracking off): while dragging they emit valueIsChanging, which
+        # updates the displayed slices; on release valueChanged reaches the parameter node, which triggers
+        # the full-volume update.
+        for name in SEQUENCE_PARAMETERS:
+            if name != "n":
+                slider = getattr(self.ui, f"{name}SliderWidget")
+                slider.valueIsChanging.connect(lambda value, name=name: self.onSliderDragged(name, value))
+        self.ui.snrSliderWidget.valueIsChanging.connect(lambda value: self.onSliderDragged("snr", value))
+
+        self._fullUpdateTimer = qt.QTimer()
+        self._fullUpdateTimer.setSingleShot(True)
+        self._fullUpdateTimer.setInterval(FULL_UPDATE_DELAY_MS)
+        self._fullUpdateTimer.timeout.connect(self.updateFullVolume)
+
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+        if self._fullUpdateTimer is not None:
+            self._fullUpdateTimer.stop()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, inputParameterNode: QMRISynthParameterNode | None) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+            self.onParameterNodeModified()
+
+    # ------------------------------------------------------------------ state
+    def _ready(self) -> bool:
+        p = self._parameterNode
+        return bool(p and p.pdVolume and p.r1Volume and p.r2sVolume)
+
+    def onParameterNodeModified(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        if p is None:
+            return
+        used = parametersOfSequence(p.sequence)
+        for name in SEQUENCE_PARAMETERS:
+            control = self.ui.nSpinBox if name == "n" else getattr(self.ui, f"{name}SliderWidget")
+            control.setVisible(name in used)
+            getattr(self.ui, f"{name}Label").setVisible(name in used)
+        self.ui.snrSliderWidget.setEnabled(p.addNoise)
+        self.ui.noiseSeedSpinBox.setEnabled(p.addNoise)
+        self.ui.applyButton.setEnabled(self._ready())
+        self.ui.applyButton.setToolTip(_("Simulate the whole volume") if self._ready()
+                                       else _("Select PD, R1 and R2* maps first"))
+        self.ui.synthesizeButton.setEnabled(p.labelVolume is not None)
+        self.ui.exportButton.setEnabled(p.outputVolume is not None)
+        if p.liveUpdate and self._ready() and not self._simulating:
+            self._fullUpdateTimer.start()
+
+    def _setStatus(self, text: str) -> None:
+        self.ui.statusLabel.setText(text)
+
+    # ------------------------------------------------------------------ live update
+    def _sliceNodes(self) -> list:
+        layoutManager = slicer.app.layoutManager()
+        return [layoutManager.sliceWidget(name).mrmlSliceNode() for name in layoutManager.sliceViewNames()]
+
+    def onSliderDragged(self, name: str, value: float) -> None:
+        """Update only the displayed planes with the value being dragged (the parameter node waits)."""
+        p = self._parameterNode
+        if not (p and p.liveUpdate and self._ready() and p.outputVolume is not None):
+            return
+        settings = SimulationSettings.fromParameters(p)
+        if name == "snr":
+            settings = SimulationSettings(settings.sequence, settings.params, settings.useB1t, settings.useB1r,
+                                          float(value) if p.addNoise else None, settings.seed)
+        elif name in settings.params:
+            settings = SimulationSettings(settings.sequence, {**settings.params, name: float(value)},
+                                          settings.useB1t, settings.useB1r, settings.snr, settings.seed)
+        else:
+            return
+        try:
+            mapNodes = self.logic.core.mapNodesFromParameters(p)
+            planes = self.logic.core.displayedPlanes(p.pdVolume, self._sliceNodes())
+            self.logic.core.simulatePlanes(mapNodes, settings, planes, p.outputVolume)
+            self._setStatus("")
+        except ValueError as error:  # ParameterError / InputError: infeasible while dragging, say why
+            self._setStatus(str(error))
+
+    def updateFullVolume(self) -> None:
+        if not self._ready():
+            return
+        try:
+            self._simulate()
+            self._setStatus("")
+        except ValueError as error:
+            self._setStatus(str(error))
+
+    def _simulate(self):
+        p = self._parameterNode
+        self._simulating = True
+        try:
+            hadOutput = p.outputVolume is not None
+            output = self.logic.core.simulateFromParameters(p)
+            if not hadOutput:
+                slicer.util.setSliceViewerLayers(background=output, fit=True)
+            return output
+        finally:
+            self._simulating = False
+
+    # ------------------------------------------------------------------ buttons
+    def onApplyButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Simulation failed."), waitCursor=True):
+            self._simulate()
+
+    def onPresetSelected(self, index: int) -> None:
+        if index <= 0 or self._parameterNode is None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not apply the preset."), waitCursor=True):
+            self.logic.core.applyPreset(self._parameterNode, self.ui.presetComboBox.currentText)
+
+    def onLoadHMRIFolder(self) -> None:
+        folder = qt.QFileDialog.getExistingDirectory(None, _("hMRI-toolbox results folder"))
+        if not folder:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not load the map set."), waitCursor=True):
+            nodes = self.logic.core.loadHMRIFolder(folder)
+            self.logic.core.assignMapNodes(self._parameterNode, nodes)
+            if self.logic.core.lastNotes:
+                self._setStatus("\n".join(self.logic.core.lastNotes))
+
+    def onSynthesize(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("qSynth failed."), waitCursor=True):
+            nodes = self.logic.core.synthesizeMaps(p.labelVolume, p.qsynthSeed)
+            self.logic.core.assignMapNodes(p, nodes)
+
+    def onExport(self) -> None:
+        path = self.ui.exportPathLineEdit.currentPath
+        with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
+            if not path:
+                raise ValueError(_("choose a file name ending in .nii or .nii.gz"))
+            written = self.logic.core.exportNifti(self._parameterNode.outputVolume, path)
+            self._setStatus(_("Written: {path}").format(path=written))
+
+    def onPlot(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Could not plot the signal."), waitCursor=True):
+            table, chart = self.logic.core.signalCurves(SimulationSettings.fromParameters(p), p.sweptParameter,
+                                                        tableNode=p.signalTable)
+            p.signalTable = table
+            slicer.modules.plots.logic().ShowChartInLayout(chart)
+
+
+#
+# QMRISynthLogic
+#
+
+
+class QMRISynthLogic(ScriptedLoadableModuleLogic):
+    """Parameter node access; the computation is ``self.core`` (``QMRISynthLib.logic.QMRISynthLogic``)."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.core = SynthCore(slicer.mrmlScene)
+
+    def getParameterNode(self):
+        return QMRISynthParameterNode(super().getParameterNode())
+
+    def simulate(self, parameterNode):
+        """Full simulation from a parameter node (headless callers: ``Slicer --python-script``)."""
+        return self.core.simulateFromParameters(parameterNode)
+
+
+#
+# QMRISynthTest (runs in the Slicer app: Developer mode > Reload and Test)
+#
+
+
+class QMRISynthTest(ScriptedLoadableModuleTest):
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_SimulationMatchesLibrary()
+        self.setUp()
+        self.test_SliceUpdateAndWidget()
+
+    def _maps(self):
+        rng = np.random.default_rng(0)
+        shape = (12, 16, 20)
+        ijkToRas = np.array([[0.9, 0.1, 0.0, -10.0], [-0.1, 1.2, 0.2, 5.0], [0.0, -0.2, 2.0, 3.0], [0, 0, 0, 1.0]])
+        arrays = {"pd": rng.uniform(50, 100, shape), "r1": rng.uniform(0.2, 1.5, shape),
+                  "r2s": rng.uniform(1, 30, shape)}
+        nodes = {k: slicer.util.addVolumeFromArray(v.astype(np.float32), ijkToRas, name=k) for k, v in arrays.items()}
+        return nodes, {k: v.astype(np.float32) for k, v in arrays.items()}, ijkToRas
+
+    def test_SimulationMatchesLibrary(self):
+        from qmricore import physics
+
+        self.delayDisplay("Simulation equals qmricore.physics.simulate, geometry kept")
+        nodes, arrays, ijkToRas = self._maps()
+        logic = QMRISynthLogic()
+        p = logic.getParameterNode()
+        logic.core.assignMapNodes(p, nodes)
+        logic.core.applyPreset(p, "3T FLAIR")
+        output = logic.simulate(p)
+        expected = physics.simulate("flair", arrays, tr=p.tr, te=p.te, ti=p.ti)
+        np.testing.assert_allclose(slicer.util.arrayFromVolume(output), expected, rtol=1e-6)
+        matrix = vtk.vtkMatrix4x4()
+        output.GetIJKToRASMatrix(matrix)
+        np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(matrix), ijkToRas, atol=1e-9)
+        self.delayDisplay("Test passed")
+
+    def test_SliceUpdateAndWidget(self):
+        self.delayDisplay("Slice-first update through the widget")
+        nodes, _, _ = self._maps()
+        slicer.util.selectModule("QMRISynth")
+        widget = slicer.modules.QMRISynthWidget
+        p = widget._parameterNode
+        widget.logic.core.assignMapNodes(p, nodes)
+        widget.ui.presetComboBox.setCurrentIndex(presetNames().index("T1 SPGR") + 1)
+        self.assertEqual(p.sequence, "gre")
+        widget.ui.applyButton.click()
+        self.assertIsNotNone(p.outputVolume)
+        slicer.util.setSliceViewerLayers(background=p.outputVolume, fit=True)
+        before = slicer.util.arrayFromVolume(p.outputVolume).copy()
+        widget.onSliderDragged("flip", 60.0)
+        after = slicer.util.arrayFromVolume(p.outputVolume)
+        self.assertFalse(np.array_equal(before, after))
+        self.assertFalse(widget.ui.tiSliderWidget.visible)  # GRE has no TI
+        self.delayDisplay("Test passed")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    logging.info("QMRISynth is a Slicer module; load it in Slicer. %s", os.path.basename(__file__))
+    unittest.main()

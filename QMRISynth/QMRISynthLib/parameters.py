@@ -1,0 +1,288 @@
+"""Parameter definitions shared by the parameter-node wrapper, the headless Logic and the tests.
+
+Every parameter of QMRISynth is declared here exactly once (QMRISegment's in ``QMRISegmentLib.parameters``,
+with the same :class:`ParameterSpec`): name, type,
+default, bounded range (sliders), choices (combo boxes) and the MRML node class of node references.
+``<Module>.py`` builds its ``@parameterNodeWrapper`` class from these lists, the ``.ui`` sliders carry
+the same ranges (a test checks), and :class:`ScriptedNodeParameters` stores the same values in a
+``vtkMRMLScriptedModuleNode`` with the same string encoding as Slicer's wrapper, for headless use.
+
+Sequence-parameter ranges and defaults come from :mod:`qmricore.protocols` (the one place where the
+sampling distributions and presets live): the slider range of a parameter is the hull of every sampling
+distribution's support and every preset value, widened by :data:`SLIDER_REACH` where a slider should
+reach further than the samplers do, and rounded outwards to one significant digit.  Times are seconds,
+angles degrees.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from qmricore import protocols
+from qmricore.physics import SEQUENCES
+
+#: Sequence parameters with a slider (int for the readout-pulse count ``n``), in panel order.
+SEQUENCE_PARAMETERS = ("tr", "te", "ti", "flip", "tx", "n", "ti2", "flip2")
+#: Labels and units shown next to the sliders.
+SEQUENCE_PARAMETER_LABELS = {
+    "tr": ("TR", "s"), "te": ("TE", "s"), "ti": ("TI", "s"), "flip": ("Flip angle", "deg"),
+    "tx": ("Echo spacing TX", "s"), "n": ("Readout pulses n", ""), "ti2": ("TI2", "s"),
+    "flip2": ("Flip angle 2", "deg"),
+}
+#: Where a slider reaches beyond the sampled ranges and presets (e.g. a 90 degree flip on a GRE).
+SLIDER_REACH: dict[str, tuple[float, float]] = {
+    "tr": (0.005, 10.0), "te": (0.001, 0.3), "ti": (0.01, 4.0), "flip": (1.0, 90.0),
+    "tx": (0.003, 0.02), "n": (1, 256), "ti2": (0.5, 6.0), "flip2": (1.0, 30.0),
+}
+#: The preset whose values are the defaults (then the first preset that has the parameter).
+DEFAULT_PRESET = "3T FLAIR"
+#: Simulation options that are not sequence parameters.
+SNR_RANGE = (1.0, 200.0)
+SNR_DEFAULT = 30.0
+SEED_RANGE = (0, 999999)
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """One scalar parameter of a module.
+
+    ``kind`` is ``float``, ``int``, ``bool`` or ``str``; numbers have ``minimum``/``maximum`` (the slider or
+    spin-box range, also the wrapper's ``WithinRange``), strings with ``choices`` are combo boxes.
+    """
+
+    name: str
+    kind: type
+    default: Any
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] | None = None
+    label: str = ""
+    unit: str = ""
+    decimals: int | None = None
+    step: float | None = None
+
+    def encode(self, value: Any) -> str:
+        """The string the parameter node stores (Slicer's wrapper serializers: ``str(v)``, "True"/"False")."""
+        if self.kind is bool:
+            return "True" if value else "False"
+        return str(self.kind(value))
+
+    def decode(self, text: str) -> Any:
+        if self.kind is bool:
+            return text == "True"
+        return self.kind(text)  # pathlib.Path("") is Path("."), as in Slicer's PathSerializer
+
+    def check(self, value: Any) -> Any:
+        """``value`` as ``kind``, raising ValueError when outside the range or the choices."""
+        if self.kind is int and not float(value).is_integer():
+            raise ValueError(f"{self.name} must be an integer, got {value}")
+        value = self.kind(value)
+        if self.minimum is not None and not (self.minimum <= value <= self.maximum):
+            raise ValueError(f"{self.name} = {value} is outside [{self.minimum}, {self.maximum}]")
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"{self.name} = {value!r} is not one of {', '.join(self.choices)}")
+        return value
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """A node reference of a module (stored as a node reference, like the wrapper's NodeSerializer)."""
+
+    name: str
+    className: str
+    label: str = ""
+
+
+def _support(dist: dict[str, Any]) -> tuple[float, float]:
+    """Lower and upper end of a sampling distribution (normal: mean +- 3 std; lognormal: +- 3 sigma)."""
+    kind = dist["dist"]
+    if kind in ("uniform", "loguniform"):
+        return float(dist["low"]), float(dist["high"])
+    if kind == "normal":
+        return float(dist["mean"]) - 3 * float(dist["std"]), float(dist["mean"]) + 3 * float(dist["std"])
+    if kind == "lognormal":
+        spread = 10.0 ** (3 * float(dist["sigma_decades"]))
+        return float(dist["median"]) / spread, float(dist["median"]) * spread
+    raise ValueError(f"unknown distribution {kind!r} in protocols.json")
+
+
+def _round_out(value: float, up: bool) -> float:
+    """Round to one significant digit, away from the inside of the range."""
+    if value <= 0:
+        return 0.0
+    scale = 10.0 ** math.floor(math.log10(value))
+    digit = (math.ceil if up else math.floor)(round(value / scale, 9))
+    return float(f"{digit * scale:.6g}")
+
+
+def _sampler_names() -> tuple[str, ...]:
+    return tuple(protocols._table()["sampling"])  # the samplers protocols.json defines
+
+
+@cache
+def sequenceParameterRange(name: str) -> tuple[float, float]:
+    """Slider range of a sequence parameter: hull of the sampled supports, presets and :data:`SLIDER_REACH`."""
+    lows, highs = [SLIDER_REACH[name][0]], [SLIDER_REACH[name][1]]
+    for sampler in _sampler_names():
+        dist = protocols.sampling_ranges(sampler).get(name)
+        if dist is not None:
+            low, high = _support(dist)
+            lows.append(low)
+            highs.append(high)
+    for preset in protocols.preset_names():
+        value = protocols.preset(preset)[1].get(name)
+        if value is not None:
+            lows.append(float(value))
+            highs.append(float(value))
+    if name == "n":  # a count: the hull as it is
+        return float(max(1, math.floor(min(lows)))), float(math.ceil(max(highs)))
+    return _round_out(max(min(lows), 0.0), up=False), _round_out(max(highs), up=True)
+
+
+@cache
+def sequenceParameterDefault(name: str) -> float:
+    """Default of a sequence parameter: its value in :data:`DEFAULT_PRESET`, else in the first preset having it."""
+    order = [DEFAULT_PRESET] + [p for p in protocols.preset_names() if p != DEFAULT_PRESET]
+    for preset in order:
+        value = protocols.preset(preset)[1].get(name)
+        if value is not None:
+            return float(value)
+    low, high = sequenceParameterRange(name)
+    return 0.5 * (low + high)
+
+
+def presetNames() -> list[str]:
+    return protocols.preset_names()
+
+
+def sequenceNames() -> tuple[str, ...]:
+    return tuple(SEQUENCES)
+
+
+def parametersOfSequence(sequence: str) -> tuple[str, ...]:
+    """The slider parameters a sequence uses (from :data:`qmricore.physics.SEQUENCES`)."""
+    return tuple(p for p in SEQUENCES[sequence].parameters if p in SEQUENCE_PARAMETERS)
+
+
+def _sequenceSpec(name: str) -> ParameterSpec:
+    low, high = sequenceParameterRange(name)
+    label, unit = SEQUENCE_PARAMETER_LABELS[name]
+    if name == "n":
+        return ParameterSpec(name, int, int(sequenceParameterDefault(name)), int(low), int(high), label=label)
+    degrees = unit == "deg"
+    return ParameterSpec(name, float, sequenceParameterDefault(name), low, high, label=label, unit=unit,
+                         decimals=1 if degrees else 4, step=0.5 if degrees else 0.0005)
+
+
+def synthParameters() -> tuple[ParameterSpec, ...]:
+    """Scalar parameters of QMRISynth."""
+    sequence, _ = protocols.preset(DEFAULT_PRESET)
+    return (
+        ParameterSpec("sequence", str, sequence, choices=sequenceNames(), label="Sequence"),
+        *(_sequenceSpec(name) for name in SEQUENCE_PARAMETERS),
+        ParameterSpec("useB1t", bool, True, label="Use B1 transmit map"),
+        ParameterSpec("useB1r", bool, True, label="Use B1 receive map"),
+        ParameterSpec("addNoise", bool, False, label="Add Rician noise"),
+        ParameterSpec("snr", float, SNR_DEFAULT, *SNR_RANGE, label="SNR", decimals=1, step=1.0),
+        ParameterSpec("noiseSeed", int, 0, *SEED_RANGE, label="Noise seed"),
+        ParameterSpec("liveUpdate", bool, True, label="Live update"),
+        ParameterSpec("qsynthSeed", int, 0, *SEED_RANGE, label="qSynth seed"),
+        ParameterSpec("sweptParameter", str, "tr", choices=SEQUENCE_PARAMETERS, label="Swept parameter"),
+    )
+
+
+def synthNodes() -> tuple[NodeSpec, ...]:
+    """Node references of QMRISynth: the map set, the label map for qSynth, the output and the plot table."""
+    return (
+        NodeSpec("pdVolume", "vtkMRMLScalarVolumeNode", "PD"),
+        NodeSpec("r1Volume", "vtkMRMLScalarVolumeNode", "R1 (1/s)"),
+        NodeSpec("r2sVolume", "vtkMRMLScalarVolumeNode", "R2* (1/s)"),
+        NodeSpec("mtVolume", "vtkMRMLScalarVolumeNode", "MT (p.u.)"),
+        NodeSpec("r2Volume", "vtkMRMLScalarVolumeNode", "R2 (1/s)"),
+        NodeSpec("b1tVolume", "vtkMRMLScalarVolumeNode", "B1 transmit"),
+        NodeSpec("b1rVolume", "vtkMRMLScalarVolumeNode", "B1 receive"),
+        NodeSpec("labelVolume", "vtkMRMLLabelMapVolumeNode", "Label map"),
+        NodeSpec("outputVolume", "vtkMRMLScalarVolumeNode", "Simulated image"),
+        NodeSpec("signalTable", "vtkMRMLTableNode", "Signal table"),
+    )
+
+
+#: Map keys of qmricore and the node parameter holding each.
+MAP_NODE_PARAMETERS = {"pd": "pdVolume", "r1": "r1Volume", "r2s": "r2sVolume", "mt": "mtVolume",
+                       "r2": "r2Volume", "b1t": "b1tVolume", "b1r": "b1rVolume"}
+
+class ScriptedNodeParameters:
+    """Typed attribute access to a ``vtkMRMLScriptedModuleNode``, without Qt.
+
+    Stores exactly what Slicer's ``parameterNodeWrapper`` stores (``SetParameter(name, str)`` for numbers
+    and strings, ``"True"/"False"`` for booleans, a node reference plus an empty parameter for nodes), so a
+    scene saved from the app loads here and the other way round.  The Logic reads parameters through
+    attribute names only, so it takes this object and the app's wrapper alike.
+    """
+
+    def __init__(self, node: Any, scalars: tuple[ParameterSpec, ...], nodes: tuple[NodeSpec, ...]) -> None:
+        object.__setattr__(self, "parameterNode", node)
+        object.__setattr__(self, "_scalars", {s.name: s for s in scalars})
+        object.__setattr__(self, "_nodes", {s.name: s for s in nodes})
+        for spec in scalars:
+            if not node.HasParameter(spec.name):
+                node.SetParameter(spec.name, spec.encode(spec.default))
+        for spec in nodes:
+            if not node.HasParameter(spec.name):
+                node.SetParameter(spec.name, "")
+
+    def __getattr__(self, name: str) -> Any:
+        scalars, nodes = self.__dict__["_scalars"], self.__dict__["_nodes"]
+        node = self.__dict__["parameterNode"]
+        if name in scalars:
+            return scalars[name].decode(node.GetParameter(name))
+        if name in nodes:
+            return node.GetNodeReference(name)
+        raise AttributeError(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._scalars:
+            spec = self._scalars[name]
+            self.parameterNode.SetParameter(name, spec.encode(spec.check(value)))
+        elif name in self._nodes:
+            self.parameterNode.SetParameter(name, "")
+            self.parameterNode.SetNodeReferenceID(name, value.GetID() if value is not None else None)
+        else:
+            raise AttributeError(f"no parameter {name!r}")
+
+
+def wrapperAnnotations(scalars: tuple[ParameterSpec, ...], nodes: tuple[NodeSpec, ...], *, withinRange: Any,
+                       choice: Any, nodeClass: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Annotations and defaults of a ``@parameterNodeWrapper`` class built from the specs.
+
+    ``withinRange`` and ``choice`` are the wrapper's ``WithinRange`` and ``Choice`` validators and
+    ``nodeClass(name)`` returns the MRML class of that name (the module passes ``slicer``'s); they are
+    arguments so that this module needs neither Qt nor the app.  Numbers become
+    ``Annotated[float, WithinRange(lo, hi)]``, strings with choices ``Annotated[str, Choice([...])]``.
+    """
+    from typing import Annotated
+
+    annotations: dict[str, Any] = {}
+    defaults: dict[str, Any] = {}
+    for spec in scalars:
+        if spec.minimum is not None:
+            annotations[spec.name] = Annotated[spec.kind, withinRange(spec.minimum, spec.maximum)]
+        elif spec.choices is not None:
+            annotations[spec.name] = Annotated[spec.kind, choice(list(spec.choices))]
+        else:
+            annotations[spec.name] = spec.kind
+        defaults[spec.name] = spec.default
+    for spec in nodes:
+        annotations[spec.name] = nodeClass(spec.className)
+    return annotations, defaults
+
+
+def makeParameterNodeClass(name: str, module: str, scalars: tuple[ParameterSpec, ...], nodes: tuple[NodeSpec, ...],
+                           *, wrapper: Any, withinRange: Any, choice: Any, nodeClass: Any) -> type:
+    """``wrapper(class name: annotations = defaults)``: the module's parameter node class from the specs."""
+    annotations, defaults = wrapperAnnotations(scalars, nodes, withinRange=withinRange, choice=choice,
+                                               nodeClass=nodeClass)
+    return wrapper(type(name, (), {"__annotations__": annotations, "__module__": module, **defaults}))

@@ -1,0 +1,236 @@
+"""Widget wiring of the Slicer modules, checked without the Slicer app.
+
+Static: every ``SlicerParameterName`` in a .ui names a parameter of the module (from its Lib) on a widget
+the parameter-node wrapper can connect to that type; sliders and spin boxes carry the parameter's range;
+every ``self.ui.<name>`` the module code uses exists in the .ui; no string-signal ``connect('...')``.
+Dynamic: each panel loads from its .ui with the PySide6 stand-ins (``widget_standin.py``) offscreen.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+for folder in ("QMRISynth", "QMRISegment"):
+    if str(ROOT / folder) not in sys.path:
+        sys.path.insert(0, str(ROOT / folder))
+
+from QMRISegmentLib.parameters import segmentNodes, segmentParameters  # noqa: E402
+from QMRISynthLib.parameters import synthNodes, synthParameters, wrapperAnnotations  # noqa: E402
+
+MODULES = {"QMRISynth": (synthParameters(), synthNodes()), "QMRISegment": (segmentParameters(), segmentNodes())}
+#: Widget classes Slicer's parameterNodeWrapper connects to each parameter kind (guiConnectors.py).
+CONNECTABLE = {float: {"ctkSliderWidget", "QDoubleSpinBox"}, int: {"QSpinBox", "QSlider"},
+               bool: {"QCheckBox", "QPushButton"}, str: {"QComboBox", "QLineEdit"},
+               Path: {"ctkPathLineEdit", "ctkDirectoryButton"}}
+
+
+def ui_tree(module: str) -> ET.Element:
+    return ET.parse(ROOT / module / "Resources" / "UI" / f"{module}.ui").getroot()
+
+
+def widgets(module: str) -> dict[str, ET.Element]:
+    return {w.get("name"): w for w in ui_tree(module).iter("widget")}
+
+
+def prop(widget: ET.Element, name: str):
+    for p in widget.findall("property"):
+        if p.get("name") == name:
+            value = p[0]
+            if value.tag == "double":
+                return float(value.text)
+            if value.tag == "number":
+                return int(value.text)
+            if value.tag == "bool":
+                return value.text == "true"
+            if value.tag == "stringlist":
+                return [s.text for s in value]
+            return value.text
+    return None
+
+
+def kind_of(spec) -> type:
+    return Path if spec.kind.__name__.endswith("Path") else spec.kind
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_bound_widget_matches_its_parameter(module):
+    scalars, nodes = MODULES[module]
+    specs = {s.name: s for s in scalars}
+    node_specs = {n.name: n for n in nodes}
+    bound = {}
+    for name, widget in widgets(module).items():
+        parameter = prop(widget, "SlicerParameterName")
+        if parameter is None:
+            continue
+        assert parameter not in bound, f"{parameter} bound twice ({bound.get(parameter)} and {name})"
+        bound[parameter] = name
+        cls = widget.get("class")
+        if parameter in node_specs:
+            assert cls == "qMRMLNodeComboBox", (name, cls)
+            assert prop(widget, "nodeTypes") == [node_specs[parameter].className], name
+            continue
+        assert parameter in specs, f"{module}.ui: {name} is bound to unknown parameter {parameter!r}"
+        spec = specs[parameter]
+        assert cls in CONNECTABLE[kind_of(spec)], f"{name}: a {cls} cannot hold a {kind_of(spec).__name__}"
+        if spec.minimum is not None:
+            assert (prop(widget, "minimum"), prop(widget, "maximum")) == (spec.minimum, spec.maximum), name
+            assert prop(widget, "value") == spec.default, name
+        if cls == "ctkSliderWidget":
+            assert prop(widget, "tracking") is False, f"{name}: live update needs tracking off (drag vs release)"
+            assert prop(widget, "decimals") == spec.decimals and prop(widget, "singleStep") == spec.step, name
+        if cls == "QComboBox" and spec.choices is not None:
+            items = [item.find("property/string").text for item in widget.findall("item")]
+            assert items == list(spec.choices), name
+    # every parameter has a widget, except the ones the widget code sets itself
+    assert set(bound) == {s.name for s in scalars} | {n.name for n in nodes}, set(specs) ^ set(bound)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_names_the_code_looks_up_exist_in_the_ui(module):
+    code = (ROOT / module / f"{module}.py").read_text()
+    names = set(widgets(module))
+    used = set(re.findall(r"self\.ui\.(\w+)", code)) | set(re.findall(r"widget\.ui\.(\w+)", code))
+    # names built with f-strings: getattr(self.ui, f"{name}SliderWidget") / f"{name}Label"
+    for template in re.findall(r'getattr\(self\.ui, f"\{name\}(\w+)"\)', code):
+        from QMRISynthLib.parameters import SEQUENCE_PARAMETERS
+
+        used |= {f"{n}{template}" for n in SEQUENCE_PARAMETERS if n != "n" or template == "Label"}
+    assert used, "no widget lookups found"
+    assert used <= names, f"{module}.py uses widgets missing from the .ui: {sorted(used - names)}"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_code_uses_only_shared_pythonqt_pyside_syntax(module):
+    for path in [ROOT / module / f"{module}.py", *sorted((ROOT / module / f"{module}Lib").glob("*.py"))]:
+        text = path.read_text()
+        assert not re.search(r"\.connect\(\s*['\"]", text), f"{path.name}: string-signal connect('signal(...)')"
+        assert not re.search(r"\.disconnect\(\s*['\"]", text), path.name
+        ast.parse(text)
+    for path in sorted((ROOT / module / f"{module}Lib").glob("*.py")):  # the Lib stays Qt-free
+        tree = ast.parse(path.read_text())
+        imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                    for alias in node.names}
+        imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom) and node.module}
+        assert not imported & {"qt", "ctk", "PythonQt", "PySide6", "PyQt5"}, path.name
+        assert "ScriptedLoadableModule" not in path.read_text(), path.name
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_file_has_the_slicer5_shape(module):
+    tree = ast.parse((ROOT / module / f"{module}.py").read_text())
+    classes = {node.name: [ast.unparse(b) for b in node.bases] for node in tree.body if isinstance(node, ast.ClassDef)}
+    assert classes[module] == ["ScriptedLoadableModule"]
+    assert classes[f"{module}Widget"] == ["ScriptedLoadableModuleWidget", "VTKObservationMixin"]
+    assert classes[f"{module}Logic"] == ["ScriptedLoadableModuleLogic"]
+    assert classes[f"{module}Test"] == ["ScriptedLoadableModuleTest"]
+    source = (ROOT / module / f"{module}.py").read_text()
+    assert f'{module}ParameterNode = makeParameterNodeClass(' in source and "wrapper=parameterNodeWrapper" in source
+    cmake = (ROOT / module / "CMakeLists.txt").read_text()
+    assert "slicerMacroBuildScriptedModule" in cmake
+    for lib in sorted((ROOT / module / f"{module}Lib").glob("*.py")):
+        assert f"{module}Lib/{lib.name}" in cmake, f"{lib.name} missing from MODULE_PYTHON_SCRIPTS"
+    for resource in ("Resources/Icons/${MODULE_NAME}.png", "Resources/UI/${MODULE_NAME}.ui"):
+        assert resource in cmake
+    assert (ROOT / module / "Resources" / "Icons" / f"{module}.png").stat().st_size > 1000
+    assert f"add_subdirectory({module})" in (ROOT / "CMakeLists.txt").read_text()
+    assert (ROOT / module / "Testing" / "Python" / "CMakeLists.txt").is_file()
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_wrapper_annotations_carry_the_ranges(module):
+    """The wrapper class the module builds: Annotated[float, WithinRange(lo, hi)] from the Lib specs."""
+    from typing import get_args
+
+    class WithinRange:  # the wrapper's validators only need to be called; record the arguments
+        def __init__(self, lo, hi):
+            self.range = (lo, hi)
+
+    class Choice:
+        def __init__(self, choices):
+            self.choices = choices
+
+    scalars, nodes = MODULES[module]
+    annotations, defaults = wrapperAnnotations(scalars, nodes, withinRange=WithinRange, choice=Choice,
+                                               nodeClass=lambda name: name)
+    for spec in scalars:
+        args = get_args(annotations[spec.name])
+        if spec.minimum is not None:
+            assert args[0] is spec.kind and args[1].range == (spec.minimum, spec.maximum)
+        elif spec.choices is not None:
+            assert args[1].choices == list(spec.choices)
+        assert defaults[spec.name] == spec.default
+    assert {n.name: annotations[n.name] for n in nodes} == {n.name: n.className for n in nodes}
+
+
+def test_standin_panels_load_and_render(tmp_path):
+    pytest.importorskip("PySide6.QtUiTools")
+    import os
+
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    sys.path.insert(0, str(ROOT / "Testing"))
+    import widget_standin
+
+    for module in MODULES:
+        panel = widget_standin.loadPanel(module)
+        names = {w.objectName() for w in panel.findChildren(widget_standin.QWidget)}
+        assert set(widgets(module)) - {module} <= names
+        specs = widget_standin.moduleSpecs(module)
+        written = widget_standin.writeDefaults(panel, specs)
+        assert set(written) == set(specs)
+        if module == "QMRISynth":
+            slider = widget_standin.findWidget(panel, "trSliderWidget")
+            assert (slider.getMinimum(), slider.getMaximum(), slider.getValue()) == (
+                specs["tr"].minimum, specs["tr"].maximum, specs["tr"].default)
+        out = widget_standin.screenshot(module, tmp_path / f"{module}.png")
+        assert out.stat().st_size > 5000
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_file_executes_with_stub_app_modules(module, monkeypatch):
+    """Import ``<Module>.py`` with STUBS for the app-only modules (qt, ctk, ScriptedLoadableModule, the wrapper):
+    catches errors at import time and checks the parameter-node class it builds (real typing, real MRML classes)."""
+    import importlib.util
+    import types
+    import typing
+
+    import slicer
+
+    class Validator:
+        def __init__(self, *args):
+            self.args = args
+
+    def stub(name, **attrs):
+        mod = types.ModuleType(name)
+        mod.__dict__.update(attrs)
+        monkeypatch.setitem(sys.modules, name, mod)
+        return mod
+
+    base = type("Base", (), {"__init__": lambda self, *a, **k: None})
+    stub("qt")
+    stub("ctk")
+    stub("slicer.i18n", tr=lambda text: text, translate=lambda context, text: text)
+    stub("slicer.parameterNodeWrapper", parameterNodeWrapper=lambda cls: cls, WithinRange=Validator, Choice=Validator)
+    stub("slicer.ScriptedLoadableModule", ScriptedLoadableModule=base, ScriptedLoadableModuleWidget=base,
+         ScriptedLoadableModuleLogic=base, ScriptedLoadableModuleTest=base)
+    spec = importlib.util.spec_from_file_location(f"_{module}_stubbed", ROOT / module / f"{module}.py")
+    loaded = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, loaded)
+    spec.loader.exec_module(loaded)
+    cls = getattr(loaded, f"{module}ParameterNode")
+    hints = typing.get_type_hints(cls, include_extras=True)  # what parameterNodeWrapper itself calls
+    scalars, nodes = MODULES[module]
+    assert set(hints) == {s.name for s in scalars} | {n.name for n in nodes}
+    for n in nodes:
+        assert hints[n.name] is getattr(slicer, n.className)
+    for s in scalars:
+        assert getattr(cls, s.name) == s.default
+        if s.minimum is not None:
+            assert typing.get_args(hints[s.name])[1].args == (s.minimum, s.maximum)
