@@ -89,8 +89,9 @@ def segmentAndWrite(segmentLogic, node, modality: str, args: argparse.Namespace,
     """Segment one image node; write ``<stem>_lesion.nii.gz``; return (lesion mL, voxels)."""
     import numpy as np
     import slicer.util
-    from qmricore.io import write_nifti
     from QMRISynthLib import mrmlio
+
+    from qmricore.io import write_nifti
 
     job = segmentLogic.startSegmentation([(node, modality)], args.model, args.tta, args.device)
     result = segmentLogic.run(job)
@@ -103,9 +104,10 @@ def segmentAndWrite(segmentLogic, node, modality: str, args: argparse.Namespace,
 
 
 def run(args: argparse.Namespace) -> int:
-    from qmricore import protocols
     from QMRISegmentLib.logic import QMRISegmentLogic
     from QMRISynthLib import QMRISynthLogic, SimulationSettings, headless
+
+    from qmricore import protocols
 
     scene = headless.newScene()
     synth = QMRISynthLogic(scene)

@@ -10,6 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+
 from qmricore.io import load_map_set
 from qmricore.model_file import WindowConfig, save_model
 from qmricore.networks import (

@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+
 from qmricore.training.distributed import DistInfo, sample_indices, state_digest
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")

@@ -16,6 +16,7 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
+
 from qmricore.cli.demo import display_slice
 from qmricore.io import load_map_set
 from qmricore.physics import simulate

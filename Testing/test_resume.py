@@ -92,7 +92,7 @@ def test_sigkill_after_a_checkpoint_then_resume_gives_identical_weights(tmp_path
 
 
 def test_resume_without_config_reads_the_run_folder_and_refuses_an_empty_one(tmp_path: Path) -> None:
-    result = subprocess.run([*QMRICORE, "train-seg", "--out", str(tmp_path / "nothing"), "--resume"], env=ENV, check=False,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run([*QMRICORE, "train-seg", "--out", str(tmp_path / "nothing"), "--resume"], env=ENV,
+                            check=False, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert "train-seg: error:" in result.stderr and "config.json: config file not found" in result.stderr

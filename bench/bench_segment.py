@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from qmricore.inference import segment
 from qmricore.io import Volume, read_volume
 from qmricore.model_file import WindowConfig, load_model, save_model

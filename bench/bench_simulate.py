@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from qmricore import physics, protocols
 from qmricore.physics._backend import evaluate_chunked
 

@@ -59,10 +59,11 @@ def main() -> int:
     args = parser.parse_args()
 
     import torch
-    from qmricore import physics
-    from qmricore.sample_data import MAP_FILES, build_sample
     from QMRISynthLib import QMRISynthLogic, ScriptedNodeParameters, SimulationSettings, headless, mrmlio
     from QMRISynthLib.parameters import synthNodes, synthParameters
+
+    from qmricore import physics
+    from qmricore.sample_data import MAP_FILES, build_sample
 
     if args.threads:
         torch.set_num_threads(args.threads)

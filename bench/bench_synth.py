@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
 
     import cornucopia as cc
+
     from qmricore.augment import AugmentConfig
     from qmricore.generators.pipeline import PipelineConfig, generate, with_voxel_size
     from qmricore.generators.priors import load_priors

@@ -23,10 +23,11 @@ from typing import Any
 import numpy as np
 import slicer
 import vtk
-from qmricore.errors import InputError
-from qmricore.io import read_volume
 from QMRISynthLib import mrmlio
 from QMRISynthLib.logic import MAP_ATTRIBUTE, MAP_TITLES
+
+from qmricore.errors import InputError
+from qmricore.io import read_volume
 
 from .runner import BackgroundRunner, Event, RunnerEvent
 

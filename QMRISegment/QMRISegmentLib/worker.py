@@ -27,6 +27,7 @@ def progress(fraction: float, message: str) -> None:
 
 def segmentCommand(args: argparse.Namespace) -> dict:
     import numpy as np
+
     from qmricore.inference import resolve_device, segment
     from qmricore.io import read_volume, write_nifti
     from qmricore.model_file import load_model

@@ -22,6 +22,7 @@ import numpy as np
 import slicer
 import slicer.util
 import torch
+
 from qmricore import physics, protocols
 from qmricore.errors import InputError, ParameterError
 from qmricore.io import load_map_set

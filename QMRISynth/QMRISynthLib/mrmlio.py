@@ -14,6 +14,7 @@ import numpy as np
 import slicer
 import slicer.util
 import vtk
+
 from qmricore.errors import InputError
 from qmricore.io import Volume, read_volume, write_nifti
 

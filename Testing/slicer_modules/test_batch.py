@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mrml_helpers import oblique_ijk_to_ras
+
 from qmricore import physics, protocols
 from qmricore.io import Volume, read_volume, write_nifti
 

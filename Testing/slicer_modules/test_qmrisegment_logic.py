@@ -8,11 +8,12 @@ import slicer
 import slicer.util
 import torch
 from mrml_helpers import SHAPE_KJI, oblique_ijk_to_ras
-from qmricore.errors import InputError
-from qmricore.io import Volume, read_volume, write_nifti
 from QMRISegmentLib import LESION_COLOR, LESION_TERMINOLOGY, QMRISegmentLogic, RunnerEvent
 from QMRISegmentLib.parameters import segmentNodes, segmentParameters
 from QMRISynthLib import ScriptedNodeParameters, mrmlio
+
+from qmricore.errors import InputError
+from qmricore.io import Volume, read_volume, write_nifti
 
 
 @pytest.fixture

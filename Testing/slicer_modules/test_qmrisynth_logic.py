@@ -7,11 +7,12 @@ import pytest
 import slicer
 import slicer.util
 from mrml_helpers import SHAPE_KJI, oblique_ijk_to_ras
+from QMRISynthLib import QMRISynthLogic, ScriptedNodeParameters, SimulationSettings, mrmlio, synthNodes, synthParameters
+from QMRISynthLib.parameters import SEQUENCE_PARAMETERS, parametersOfSequence, sequenceParameterRange
+
 from qmricore import physics, protocols
 from qmricore.errors import InputError, ParameterError
 from qmricore.io import Volume, read_volume, write_nifti
-from QMRISynthLib import QMRISynthLogic, ScriptedNodeParameters, SimulationSettings, mrmlio, synthNodes, synthParameters
-from QMRISynthLib.parameters import SEQUENCE_PARAMETERS, parametersOfSequence, sequenceParameterRange
 
 
 def make_maps(rng: np.random.Generator) -> dict[str, np.ndarray]:
