@@ -37,12 +37,14 @@ MODALITY_OF_SEQUENCE = {"flair": "FLAIR", "fse": "T2w", "gre": "T1w", "mprage": 
 
 
 def parseArguments(argv: list[str]) -> argparse.Namespace:
+    from QMRISynthLib.parameters import DEFAULT_PRESET
+
     from qmricore import protocols
 
     parser = argparse.ArgumentParser(prog="qmri_batch", description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", required=True, type=Path, help="map-set folder, or a folder of them")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--preset", default="3T FLAIR", choices=protocols.preset_names(), help="sequence preset")
+    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=protocols.preset_names(), help="sequence preset")
     parser.add_argument("--snr", type=float, default=None, help="add Rician noise at this SNR")
     parser.add_argument("--seed", type=int, default=0, help="noise seed")
     parser.add_argument("--segment", action="store_true", help="segment lesions in each simulated image")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import csv
 import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from cli_helpers import QMRICORE
 
 from qmricore.io import load_map_set
 from qmricore.model_file import WindowConfig, save_model
@@ -20,8 +20,6 @@ from qmricore.networks import (
     build_segmenter,
 )
 
-_SCRIPT = Path(sys.executable).with_name("qmricore")
-QMRICORE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "qmricore"]
 #: LPS-ordered, anisotropic, slightly oblique input geometry.
 AFFINE = np.array([[-1.5, 0.0, 0.0, 40.0], [0.0, -1.2, 0.1, 20.0], [0.0, 0.05, 2.0, -10.0], [0.0, 0.0, 0.0, 1.0]])
 WINDOW = WindowConfig(patch=(16, 16, 16))

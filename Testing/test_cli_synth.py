@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from cli_helpers import QMRICORE
 
-_SCRIPT = Path(sys.executable).with_name("qmricore")  # the installed entry point
-QMRICORE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "qmricore"]
 AFFINE = np.array([[-1.5, 0.0, 0.0, 40.0], [0.0, 1.2, 0.1, -20.0], [0.0, 0.0, 1.0, -10.0], [0.0, 0.0, 0.0, 1.0]])
 
 

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,9 +13,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from cli_helpers import QMRICORE
 
-_SCRIPT = Path(sys.executable).with_name("qmricore")  # the installed entry point
-QMRICORE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "qmricore"]
 ITERATIONS, EVERY = 24, 4
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
