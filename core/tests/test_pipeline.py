@@ -12,6 +12,7 @@ import torch
 from qmricore.augment import AugmentConfig, apply_spatial
 from qmricore.errors import InputError, ParameterError
 from qmricore.generators.gmm import GMMConfig
+from qmricore.generators.lesions import LesionConfig
 from qmricore.generators.pipeline import (
     PipelineConfig,
     SampleDraw,
@@ -87,6 +88,29 @@ def test_given_lesion_is_pasted_and_must_be_given_again_to_regenerate():
         regenerate(lab, sample.params)
     with pytest.raises(InputError, match="grid"):
         generate(lab, config, seed=1, lesion=torch.zeros(5, 5, 5))
+
+
+def test_lesion_focus_puts_the_lesion_in_small_crops():
+    """With lesion_focus_prob 1 every small crop of a big head holds the (small) lesion, synthetic or given,
+    at varying places in the crop; with 0 most crops miss it.  The focus is drawn from the lesion stream: other draws do not change."""
+    lab = head((48, 48, 48))
+    base = dataclasses.replace(cfg("synth", crop=12, **NO_SPATIAL, **NO_INTENSITY), lesion_prob=1.0,
+                               lesion=LesionConfig(volume_ml=(0.01, 0.03), blobs=(1, 2)))
+    focused = dataclasses.replace(base, lesion_focus_prob=1.0)
+    hits = {name: [bool((generate(lab, config, seed=s).label == 6).any()) for s in range(20)]
+            for name, config in (("random", base), ("focused", focused))}
+    assert all(hits["focused"]) and sum(hits["random"]) < 10, hits
+    # ... but not always in the crop's middle (a network would learn that position)
+    where = np.array([np.argwhere((generate(lab, focused, seed=s).label == 6).numpy()).mean(0) for s in range(20)])
+    assert (where.std(0) > 1.5).all(), where.std(0)
+    a, b = draw_sample(lab, base, 3), draw_sample(lab, focused, 3)
+    assert a.lesion == b.lesion and a.gmm == b.gmm
+    mask = torch.zeros(lab.shape)
+    mask[30:33, 14:17, 31:34] = 1.0
+    given = dataclasses.replace(focused, lesion_prob=0.0)
+    assert all(bool((generate(lab, given, seed=s, lesion=mask).label == 6).any()) for s in range(5))
+    with pytest.raises(ParameterError, match="lesion_focus_prob"):
+        PipelineConfig(lesion_focus_prob=1.5)
 
 
 def test_qsynth_stages_compose_as_documented():

@@ -39,6 +39,7 @@ from ..augment import (
     AugmentDraw,
     apply_intensity,
     apply_spatial,
+    crop_shape,
     draw_augment,
     sampling_grid,
     smooth_field,
@@ -90,6 +91,10 @@ class PipelineConfig:
         Sequences the qSynth stage may draw (``None``: :func:`~.qsynth.draw_sequence`'s default).
     lesion_prob
         Probability of synthesising a lesion when no lesion mask is given.
+    lesion_focus_prob
+        Probability that a sample with a lesion places its crop over the lesion, the lesion anywhere in the
+        crop (otherwise the crop centre lies anywhere in the foreground).  Small crops of a whole head rarely hold a lesion; training a segmenter on crops
+        needs this, as MONAI's ``RandCropByPosNegLabeld`` does with its positive fraction.
     receive_max_std, receive_nodes
         Receive field ``exp(N(0, s²) on a receive_nodes³ grid, upsampled)``, s ~ U(0, receive_max_std).
     priors
@@ -101,6 +106,7 @@ class PipelineConfig:
     mode: str = "qsynth"
     sequences: tuple[str, ...] | None = None
     lesion_prob: float = 0.0
+    lesion_focus_prob: float = 0.0
     receive_max_std: float = 0.3
     receive_nodes: int = 4
     priors: str | None = None
@@ -112,13 +118,15 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ParameterError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
-        if not 0.0 <= self.lesion_prob <= 1.0:
-            raise ParameterError(f"lesion_prob must be in [0, 1], got {self.lesion_prob}")
+        for name in ("lesion_prob", "lesion_focus_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ParameterError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.receive_max_std < 0 or self.receive_nodes < 2:
             raise ParameterError("receive_max_std must be >= 0 and receive_nodes >= 2")
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in ("mode", "sequences", "lesion_prob", "receive_max_std", "receive_nodes",
+        d = {k: getattr(self, k) for k in ("mode", "sequences", "lesion_prob", "lesion_focus_prob",
+                                           "receive_max_std", "receive_nodes",
                                            "priors")}
         d.update(augment=self.augment.to_dict(), gmm=self.gmm.to_dict(), qsynth=_config_dict(self.qsynth),
                  lesion=_config_dict(self.lesion))
@@ -262,6 +270,25 @@ def _focus(labels: Tensor, priors: TissuePriors) -> tuple[list[int], list[int]] 
     return [int(i[0]) for i in idx], [int(i[-1]) for i in idx]
 
 
+def _lesion_focus(mask: Any | None, draw: LesionDraw | None, crop: Sequence[int]
+                  ) -> tuple[list[int], list[int]] | None:
+    """Where a lesion-focused crop may be centred: the bounding box of a given mask, or of a synthetic lesion's
+    ellipsoid centres, widened by ``crop // 2 - 2`` voxels per side (at least one), so that the lesion's
+    centre falls anywhere in the crop but its border zone.  Centring crops exactly on lesions would teach a
+    network that lesions sit in the middle of its window (it then paints the middle of every window)."""
+    if draw is not None:
+        box = np.asarray(draw.centres)
+        lo, hi = box.min(0), box.max(0)
+    else:
+        nonzero = np.argwhere(np.asarray(mask.cpu() if isinstance(mask, Tensor) else mask) > 0)
+        if len(nonzero) == 0:
+            return None
+        lo, hi = nonzero.min(0)[-3:], nonzero.max(0)[-3:]
+    margin = [max(1, c // 2 - 2) for c in crop]
+    return ([int(np.floor(v)) - m for v, m in zip(lo, margin, strict=True)],
+            [int(np.ceil(v)) + m for v, m in zip(hi, margin, strict=True)])
+
+
 def _priors_for(config: PipelineConfig, priors: TissuePriors | None) -> TissuePriors:
     return priors if priors is not None else load_priors(config.priors)
 
@@ -321,8 +348,11 @@ def draw_sample(labels: Any, config: PipelineConfig | None = None, seed: int = 0
             lesion_source = "synth"
         except InputError:  # no lesion territory in this label map: a healthy sample
             lesion_draw = None
-    # spatial + intensity augmentation (the crop centre stays in the foreground's bounding box)
-    augment = draw_augment(lab.shape[-3:], config.augment, rng["augment"], focus=_focus(lab, priors))
+    # spatial + intensity augmentation (the crop centre stays in the lesion's or the foreground's bounding box)
+    focus = None
+    if lesion_source != "none" and config.lesion_focus_prob > 0 and rng["lesion"].random() < config.lesion_focus_prob:
+        focus = _lesion_focus(lesion, lesion_draw, crop_shape(lab.shape[-3:], config.augment.crop))
+    augment = draw_augment(lab.shape[-3:], config.augment, rng["augment"], focus=focus or _focus(lab, priors))
     maps = sequence = receive = gmm = None
     if config.mode == "qsynth":
         # qSynth subject, training sequence and receive field
