@@ -92,7 +92,8 @@ def test_given_lesion_is_pasted_and_must_be_given_again_to_regenerate():
 
 def test_lesion_focus_puts_the_lesion_in_small_crops():
     """With lesion_focus_prob 1 every small crop of a big head holds the (small) lesion, synthetic or given,
-    at varying places in the crop; with 0 most crops miss it.  The focus is drawn from the lesion stream: other draws do not change."""
+    at varying places in the crop; with 0 most crops miss it.  The focus is drawn from the lesion stream:
+    other draws do not change."""
     lab = head((48, 48, 48))
     base = dataclasses.replace(cfg("synth", crop=12, **NO_SPATIAL, **NO_INTENSITY), lesion_prob=1.0,
                                lesion=LesionConfig(volume_ml=(0.01, 0.03), blobs=(1, 2)))

@@ -93,8 +93,9 @@ class PipelineConfig:
         Probability of synthesising a lesion when no lesion mask is given.
     lesion_focus_prob
         Probability that a sample with a lesion places its crop over the lesion, the lesion anywhere in the
-        crop (otherwise the crop centre lies anywhere in the foreground).  Small crops of a whole head rarely hold a lesion; training a segmenter on crops
-        needs this, as MONAI's ``RandCropByPosNegLabeld`` does with its positive fraction.
+        crop (otherwise the crop centre lies anywhere in the foreground).  Small crops of a whole head
+        rarely hold a lesion; training a segmenter on crops needs this, as MONAI's
+        ``RandCropByPosNegLabeld`` does with its positive fraction.
     receive_max_std, receive_nodes
         Receive field ``exp(N(0, s²) on a receive_nodes³ grid, upsampled)``, s ~ U(0, receive_max_std).
     priors
@@ -126,8 +127,7 @@ class PipelineConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("mode", "sequences", "lesion_prob", "lesion_focus_prob",
-                                           "receive_max_std", "receive_nodes",
-                                           "priors")}
+                                           "receive_max_std", "receive_nodes", "priors")}
         d.update(augment=self.augment.to_dict(), gmm=self.gmm.to_dict(), qsynth=_config_dict(self.qsynth),
                  lesion=_config_dict(self.lesion))
         return json_safe(d)
