@@ -1,0 +1,54 @@
+"""The shipped lesion models: size, what the files carry, and ``qmricore segment`` on the sample anatomy."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from cli_helpers import QMRICORE
+
+from qmricore.model_file import read_meta
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "Resources" / "Models"
+SAMPLE = ROOT / "Resources" / "SampleData"
+SHIPPED = ("lesion_seg_qsynth.pt", "lesion_seg_synth.pt")
+
+
+def qmricore(*args: object) -> subprocess.CompletedProcess:
+    return subprocess.run([*QMRICORE, *map(str, args)], check=False, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_model_is_small_and_self_describing(name: str) -> None:
+    path = MODELS / name
+    assert path.stat().st_size <= 20 * 2**20
+    meta = read_meta(path)
+    assert meta.kind == "segmenter" and meta.classes == ("background", "lesion")
+    # the file was trained by the config shipped next to it
+    config = json.loads(path.with_suffix(".json").read_text())
+    assert meta.inference.patch == tuple(config["data"]["patch_size"])
+    assert meta.preprocessing.spacing == config["data"]["preprocessing"]["spacing"]
+    assert meta.training["config"]["data"]["generator"] == config["data"]["generator"]
+    assert meta.training["config"]["loop"]["iterations"] >= config["loop"]["iterations"]  # + resumed steps
+    card = (MODELS / "lesion_seg_qsynth.md").read_text()
+    assert name in card and "not clinically validated" in card.lower()
+
+
+def test_segment_sample_anatomy_writes_a_mask_on_the_input_grid(tmp_path: Path) -> None:
+    simulated = qmricore("simulate", "--hmri-folder", SAMPLE, "--preset", "3T FLAIR", "--out", tmp_path / "sim")
+    assert simulated.returncode == 0, simulated.stderr
+    (flair,) = sorted((tmp_path / "sim").glob("*.nii*"))
+    out = tmp_path / "lesion.nii.gz"
+    result = qmricore("segment", "--model", MODELS / SHIPPED[0], "--input", flair, "--modality", "FLAIR",
+                      "--out", out, "--no-tta", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert "lesion volume:" in result.stdout
+    image, mask = nib.load(str(flair)), nib.load(str(out))
+    assert mask.shape == image.shape
+    np.testing.assert_array_equal(mask.affine, image.affine)
+    assert set(np.unique(np.asarray(mask.dataobj)).tolist()) <= {0, 1}
