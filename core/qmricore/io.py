@@ -39,10 +39,11 @@ import gzip
 import os
 import re
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import nibabel as nib
 import numpy as np
@@ -252,18 +253,13 @@ def write_nifti(path: str | os.PathLike[str], data: Any, like: Volume) -> Path:
         raise InputError("refusing to write an image with NaN/Inf values", path)
 
     created = _make_parents(path.parent)
-    temp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
     try:
         payload = _image_like(data, like).to_bytes()
         if path.name.lower().endswith(".gz"):
             payload = gzip.compress(payload, compresslevel=_GZIP_LEVEL, mtime=0)
-        with open(temp, "xb") as stream:
+        with atomic_file(path) as stream:
             stream.write(payload)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
     except BaseException as error:
-        temp.unlink(missing_ok=True)
         for folder in created:
             try:
                 folder.rmdir()
@@ -273,6 +269,38 @@ def write_nifti(path: str | os.PathLike[str], data: Any, like: Volume) -> Path:
             raise InputError(f"cannot write the file ({error.strerror or _one_line(error)})", path) from error
         raise
     return path
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike[str], mode: str = "wb", **open_args: Any) -> Iterator[IO[Any]]:
+    """Write ``path`` atomically: yield a hidden temporary file in the same folder, then flush, fsync and
+    :func:`os.replace` it onto ``path`` (and fsync the folder, so the rename survives a crash).
+
+    On any exception, or if the process dies, ``path`` is untouched and the temporary file is removed (or,
+    after a kill, left as ``.<name>.<hex>.tmp``).  The file gets the usual permissions (umask), unlike
+    :func:`tempfile.mkstemp`'s owner-only 0600.  The folder must exist.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise InputError("output folder does not exist", path.parent)
+    temp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    try:
+        with open(temp, mode.replace("w", "x"), **open_args) as stream:
+            yield stream
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    try:
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    except OSError:  # pragma: no cover - folders cannot be opened on Windows
+        pass
 
 
 def _make_parents(folder: Path) -> list[Path]:

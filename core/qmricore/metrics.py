@@ -31,7 +31,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,16 +211,10 @@ def summary_markdown(summary: Sequence[Mapping[str, Any]], metrics: Sequence[str
 
 
 def _atomic_write_text(path: Path, text: str) -> Path:
-    if not path.parent.is_dir():
-        raise InputError("output folder does not exist", path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from .io import atomic_file
+
+    with atomic_file(path, "w", newline="") as handle:
+        handle.write(text)
     return path
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -221,21 +220,12 @@ def model_payload(
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """``torch.save(obj)`` to a temporary file next to ``path``, then rename it onto ``path``."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise InputError("output folder does not exist", path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """``torch.save(obj)`` to ``path`` atomically (:func:`qmricore.io.atomic_file`)."""
+    from .io import atomic_file
+
+    with atomic_file(path) as handle:
+        torch.save(obj, handle)
+    return Path(path)
 
 
 def save_model(

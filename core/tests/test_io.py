@@ -376,3 +376,29 @@ def test_map_set_bad_files_name_the_file(tmp_path):
     for name, (path, problem) in cases.items():
         message = error_of(io.load_map_set, files | {"r2s": path})
         assert message.startswith(f"{path}: r2s map: ") and problem in message, name
+
+
+def test_every_atomic_writer_gives_files_the_usual_permissions(tmp_path):
+    """NIfTI, model, checkpoint, CSV, priors and config files all go through io.atomic_file: the umask
+    decides their mode (tempfile.mkstemp would make them owner-only 0600)."""
+    import torch
+
+    from qmricore.generators.priors import load_priors
+    from qmricore.metrics import write_csv
+    from qmricore.model_file import atomic_torch_save
+    from qmricore.training.checkpoint import atomic_torch_save as checkpoint_save
+    from qmricore.training.config import SegTrainConfig, save_config
+
+    old = os.umask(0o027)
+    try:
+        like = io.read_volume(write_map(tmp_path / "ref.nii", ramp()))
+        written = [io.write_nifti(tmp_path / "x.nii.gz", ramp(), like),
+                   atomic_torch_save({"w": torch.zeros(2)}, tmp_path / "m.pt"),
+                   checkpoint_save({"w": torch.zeros(2)}, tmp_path / "c.pt"),
+                   write_csv(tmp_path / "r.csv", [{"a": 1}]),
+                   load_priors().save(tmp_path / "p.json"),
+                   save_config(SegTrainConfig(), tmp_path / "config.json")]
+    finally:
+        os.umask(old)
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in written} == {p.name: oct(0o640) for p in written}
+    assert not list(tmp_path.glob(".*"))  # no temporary file left

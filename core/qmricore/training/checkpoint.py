@@ -33,6 +33,7 @@ import torch
 
 from .. import __version__
 from ..errors import InputError
+from ..model_file import atomic_torch_save
 
 FORMAT = "qmricore-checkpoint-1"
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -63,35 +64,6 @@ def restore_rng(state: Mapping[str, Any]) -> None:
     random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """``torch.save(obj)`` to ``path`` atomically: temporary file in the same folder, fsync, rename.
-
-    If saving fails (or the process dies) the file at ``path`` is untouched; the temporary file is
-    removed on failure.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:  # pragma: no cover - directories cannot be opened on Windows
-        pass
-    return path
 
 
 def save_checkpoint(
@@ -132,6 +104,7 @@ def save_checkpoint(
         "scheduler": scheduler.state_dict(),
         "rng": rng if rng is not None else [capture_rng()],
     }
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     return atomic_torch_save(state, path)
 
 

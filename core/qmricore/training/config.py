@@ -334,11 +334,11 @@ def load_config(path: str | os.PathLike[str]) -> TrainConfig:
 
 def save_config(config: TrainConfig, path: str | os.PathLike[str]) -> Path:
     """Write ``config`` as indented JSON, atomically (temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    from ..io import atomic_file
+
+    with atomic_file(path, "w") as handle:
+        handle.write(json.dumps(config_to_dict(config), indent=2) + "\n")
+    return Path(path)
 
 
 def with_overrides(config: TrainConfig, **loop: Any) -> TrainConfig:

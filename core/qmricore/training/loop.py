@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..io import atomic_file
 from . import distributed as ddp
 from .checkpoint import CHECKPOINT_NAME, capture_rng, load_checkpoint, restore_training_state, save_checkpoint
 from .config import LoopConfig, OptimizerConfig, poly_factor
@@ -122,9 +123,8 @@ def _trim_log(path: Path, iteration: int) -> None:
                 kept.append(line)
         except json.JSONDecodeError:
             continue  # a line torn by a kill
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(f"{line}\n" for line in kept))
-    os.replace(tmp, path)
+    with atomic_file(path, "w") as handle:
+        handle.write("".join(f"{line}\n" for line in kept))
 
 
 def _append(path: Path, entry: Mapping[str, Any]) -> None:
@@ -160,7 +160,7 @@ def run_training(
                          out)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        for stale in out.glob(f".{CHECKPOINT_NAME}.tmp-*"):  # left by a process killed while saving
+        for stale in out.glob(f".{CHECKPOINT_NAME}.*.tmp"):  # left by a process killed while saving
             stale.unlink(missing_ok=True)
     if loop.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
