@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import torch
 
 from .errors import InputError, ParameterError
 from .generators.pipeline import PipelineConfig, Sample, crop_affine, generate, with_voxel_size
-from .io import Volume, nifti_stem, read_volume
+from .io import Volume, atomic_file, nifti_stem, read_volume
 
 __all__ = ["SyntheticDataset", "LabelMap", "sample_seed", "label_files", "read_label_map", "write_sample",
            "sample_paths"]
@@ -235,17 +234,9 @@ def _cropped_like(volume: Volume, data: np.ndarray, affine: np.ndarray) -> Volum
 
 def _write_json(path: Path, data: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        with open(temp, "x") as stream:
-            json.dump(data, stream, indent=1)
-            stream.write("\n")
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "w") as stream:
+        json.dump(data, stream, indent=1)
+        stream.write("\n")
     return path
 
 
