@@ -29,7 +29,7 @@ import torch
 from ..errors import InputError
 from ..networks import ESTIMATOR_MAPS, build_estimator
 from .config import EstimatorLossConfig, EstimatorTrainConfig, config_to_dict
-from .loop import TrainingJob, run_training, sample_seed
+from .loop import sample_seed
 from .seg import fit_shape, map_set_folders, normalise, padded_shape
 
 #: Loss phases: warm-up (L2 on values) and main (L1 + L2 on values and on spatial gradients).
@@ -151,33 +151,12 @@ def train_estimator(
     progress: bool = True,
 ) -> Path:
     """Train (or resume) a qATLAS estimator; returns the exported model file ``out_dir/model.pt``."""
-    from ..model_file import WindowConfig, save_model
-    from .config import save_config
-    from .loop import resolve_device
+    from .loop import resolve_device, train_with_config
 
     device = resolve_device(device)
-    sampler = EstimatorSampler(config, device)
-    window = WindowConfig(patch=config.data.patch_size) if config.data.patch_size else WindowConfig()
-    out = Path(out_dir)
-    if os.environ.get("RANK", "0") == "0":
-        out.mkdir(parents=True, exist_ok=True)
-        if not (resume and (out / "config.json").exists()):
-            save_config(config, out / "config.json")
     info = {"task": "estimator", "b0_ref": config.data.b0_ref, "iterations": config.loop.iterations,
             "seed": config.loop.seed, "config": config_to_dict(config)}
-
-    def export(model: torch.nn.Module, path: Path) -> Path:
-        return save_model(path, model, config.network, preprocessing=sampler.preprocessing, inference=window,
-                          training=info)
-
-    job = TrainingJob(
-        build_model=lambda: build_estimator(config.network),
-        make_batch=sampler.batch,
-        loss=estimator_loss(config.loss, config.loop.iterations),
-        export=export,
-        config=config_to_dict(config),
-        loop=config.loop,
-        optimizer=config.optimizer,
-        meta={"classes": list(ESTIMATOR_MAPS), "preprocessing": sampler.preprocessing.to_dict()},
-    )
-    return run_training(job, out, resume=resume, device=device, progress=progress)
+    return train_with_config(config, out_dir, EstimatorSampler(config, device),
+                             build_model=lambda: build_estimator(config.network),
+                             loss=estimator_loss(config.loss, config.loop.iterations), classes=ESTIMATOR_MAPS,
+                             info=info, resume=resume, device=device, progress=progress)

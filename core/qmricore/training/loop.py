@@ -23,7 +23,7 @@ import json
 import os
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -77,6 +77,35 @@ class TrainingJob:
     loop: LoopConfig
     optimizer: OptimizerConfig
     meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+def train_with_config(config: Any, out_dir: str | os.PathLike[str], sampler: Any, *,
+                      build_model: Callable[[], nn.Module], loss: LossFn, classes: Sequence[str],
+                      info: Mapping[str, Any], resume: bool, device: torch.device, progress: bool) -> Path:
+    """What every trainer shares around :func:`run_training`.
+
+    Rank 0 writes ``out_dir/config.json`` (kept on resume); batches come from ``sampler.batch``; the
+    exported model file carries ``config.network``, ``sampler.preprocessing``, the training patch as its
+    sliding window and ``info`` (what the model records about its training).
+    """
+    from ..model_file import WindowConfig, save_model
+    from .config import config_to_dict, save_config
+
+    window = WindowConfig(patch=config.data.patch_size) if config.data.patch_size else WindowConfig()
+    out = Path(out_dir)
+    if os.environ.get("RANK", "0") == "0":
+        out.mkdir(parents=True, exist_ok=True)
+        if not (resume and (out / "config.json").exists()):
+            save_config(config, out / "config.json")
+
+    def export(model: nn.Module, path: Path) -> Path:
+        return save_model(path, model, config.network, preprocessing=sampler.preprocessing, inference=window,
+                          training=dict(info))
+
+    job = TrainingJob(build_model=build_model, make_batch=sampler.batch, loss=loss, export=export,
+                      config=config_to_dict(config), loop=config.loop, optimizer=config.optimizer,
+                      meta={"classes": list(classes), "preprocessing": sampler.preprocessing.to_dict()})
+    return run_training(job, out, resume=resume, device=device, progress=progress)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from ..errors import InputError, ParameterError
 from ..networks import build_segmenter
 from .config import SegTrainConfig, config_to_dict
-from .loop import TrainingJob, run_training, sample_seed
+from .loop import sample_seed
 
 LESION_LABEL = 6
 RETRIES = 5  # synthetic draws tried per sample before giving up
@@ -361,33 +361,11 @@ def train_segmentation(
 
     The output folder receives ``config.json``, ``train_log.jsonl``, ``checkpoint.pt`` and ``model.pt``.
     """
-    from ..model_file import WindowConfig, save_model
-    from .config import save_config
-    from .loop import resolve_device
+    from .loop import resolve_device, train_with_config
 
     device = resolve_device(device)
-    sampler = SegSampler(config, device)
-    preprocessing = sampler.preprocessing
-    window = WindowConfig(patch=config.data.patch_size) if config.data.patch_size else WindowConfig()
-    out = Path(out_dir)
-    if os.environ.get("RANK", "0") == "0":
-        out.mkdir(parents=True, exist_ok=True)
-        if not (resume and (out / "config.json").exists()):
-            save_config(config, out / "config.json")
-
-    def export(model: torch.nn.Module, path: Path) -> Path:
-        return save_model(path, model, config.network, preprocessing=preprocessing, inference=window,
-                          training=training_info(config))
-
-    job = TrainingJob(
-        build_model=lambda: build_segmenter(config.network),
-        make_batch=sampler.batch,
-        loss=seg_loss(config),
-        export=export,
-        config=config_to_dict(config),
-        loop=config.loop,
-        optimizer=config.optimizer,
-        meta={"classes": list(config.network.class_names), "preprocessing": preprocessing.to_dict()},
-    )
-    return run_training(job, out, resume=resume, device=device, progress=progress)
+    return train_with_config(config, out_dir, SegSampler(config, device),
+                             build_model=lambda: build_segmenter(config.network), loss=seg_loss(config),
+                             classes=config.network.class_names, info=training_info(config),
+                             resume=resume, device=device, progress=progress)
 
