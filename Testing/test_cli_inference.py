@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import csv
-import subprocess
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-from cli_helpers import QMRICORE
+from cli_helpers import run_qmricore as qmricore
 
 from qmricore.io import load_map_set
 from qmricore.model_file import WindowConfig, save_model
@@ -23,10 +22,6 @@ from qmricore.networks import (
 #: LPS-ordered, anisotropic, slightly oblique input geometry.
 AFFINE = np.array([[-1.5, 0.0, 0.0, 40.0], [0.0, -1.2, 0.1, 20.0], [0.0, 0.05, 2.0, -10.0], [0.0, 0.0, 0.0, 1.0]])
 WINDOW = WindowConfig(patch=(16, 16, 16))
-
-
-def qmricore(*args: object) -> subprocess.CompletedProcess:
-    return subprocess.run([*QMRICORE, *map(str, args)], check=False, capture_output=True, text=True, timeout=300)
 
 
 def write_image(path: Path, data: np.ndarray, affine: np.ndarray = AFFINE) -> Path:

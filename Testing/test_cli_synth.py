@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from cli_helpers import QMRICORE
+from cli_helpers import run_qmricore
 
 AFFINE = np.array([[-1.5, 0.0, 0.0, 40.0], [0.0, 1.2, 0.1, -20.0], [0.0, 0.0, 1.0, -10.0], [0.0, 0.0, 0.0, 1.0]])
 
@@ -26,7 +26,7 @@ def head(shape=(22, 24, 20)) -> np.ndarray:
 
 
 def synth(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*QMRICORE, "synth", *args], check=False, capture_output=True, text=True, timeout=300)
+    return run_qmricore("synth", *args)
 
 
 @pytest.fixture

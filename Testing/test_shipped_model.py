@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-from cli_helpers import QMRICORE
+from cli_helpers import run_qmricore as qmricore
 
 from qmricore.model_file import read_meta
 
@@ -17,10 +16,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "Resources" / "Models"
 SAMPLE = ROOT / "Resources" / "SampleData"
 SHIPPED = ("lesion_seg_qsynth.pt", "lesion_seg_synth.pt")
-
-
-def qmricore(*args: object) -> subprocess.CompletedProcess:
-    return subprocess.run([*QMRICORE, *map(str, args)], check=False, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize("name", SHIPPED)
