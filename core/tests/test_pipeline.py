@@ -27,6 +27,8 @@ from qmricore.generators.priors import load_priors
 from qmricore.generators.qsynth import apply_maps
 from qmricore.physics import simulate
 
+N_CLASSES = load_priors().n_classes
+
 #: Augmentation with every intensity stage off (min-max normalisation only).
 NO_INTENSITY = dict(bias_prob=0.0, noise_prob=0.0, lowres_prob=0.0, gibbs_prob=0.0, gamma_prob=0.0)
 #: ... and no geometric change either (crop only).
@@ -149,10 +151,10 @@ def test_labels_move_with_the_intensities():
 
 def test_soft_labels_stay_soft_and_normalised():
     lab = head()
-    soft = torch.nn.functional.one_hot(lab, 7).permute(3, 0, 1, 2).to(torch.float32)
-    soft = 0.9 * soft + 0.1 / 7
+    soft = torch.nn.functional.one_hot(lab, N_CLASSES).permute(3, 0, 1, 2).to(torch.float32)
+    soft = 0.9 * soft + 0.1 / N_CLASSES
     sample = generate(soft, cfg("qsynth"), seed=2)
-    assert sample.label.shape == (7, 16, 16, 16) and sample.label.dtype == torch.float32
+    assert sample.label.shape == (N_CLASSES, 16, 16, 16) and sample.label.dtype == torch.float32
     torch.testing.assert_close(sample.label.sum(0), torch.ones(16, 16, 16), atol=1e-5, rtol=0)
     assert torch.equal(regenerate(soft, json.loads(json.dumps(sample.params))).image, sample.image)
 
@@ -179,8 +181,8 @@ def test_bad_inputs_raise_one_clear_error():
     with pytest.raises(InputError, match="empty"):
         generate(torch.zeros(10, 10, 10, dtype=torch.int64), cfg())
     bad = head()
-    bad[0, 0, 0] = 9
-    with pytest.raises(InputError, match=r"unknown label value\(s\) \[9\]"):
+    bad[0, 0, 0] = 99
+    with pytest.raises(InputError, match=r"unknown label value\(s\) \[99\]"):
         generate(bad, cfg())
     with pytest.raises(ParameterError, match="unknown mode"):
         PipelineConfig(mode="diffusion")

@@ -12,20 +12,23 @@ import pytest
 
 from qmricore.errors import InputError
 from qmricore.generators import HYPER, PARAMETERS, TissuePriors, default_priors_path, fit_priors, load_priors
-from qmricore.generators.priors import SINGLE_SUBJECT_FRACTION
+from qmricore.generators.priors import OPTIONAL_PARAMETERS, SINGLE_SUBJECT_FRACTION
 
-CLASSES = ("background", "gm", "wm", "gm_wm_pv", "csf", "non_brain", "lesion")
+CLASSES = ("background", "gm", "wm", "gm_wm_pv", "csf", "non_brain", "lesion",
+           "dura", "skull", "marrow", "muscle", "fat", "eye")
+ALL_MAPS = PARAMETERS + OPTIONAL_PARAMETERS
 
 
 def test_shipped_priors_follow_the_class_convention_and_cite_every_number():
     p = load_priors()
-    assert p.names == CLASSES and p.labels == tuple(range(7)) and p.field_strength == 3.0
+    assert p.names == CLASSES and p.labels == tuple(range(13)) and p.field_strength == 3.0
+    assert p.parameters == ALL_MAPS  # R2 for every class: spin-echo contrast does not fall back to R2*
     raw = json.loads(default_priors_path().read_text())
     for entry in raw["classes"]:
-        for param in PARAMETERS:
+        for param in ALL_MAPS:
             assert entry[param]["sources"], (entry["name"], param)
             assert all(key in raw["sources"] for key in entry[param]["sources"])
-    mu = {(n, q): p.prior(n, q).mu_mu for n in CLASSES for q in PARAMETERS}
+    mu = {(n, q): p.prior(n, q).mu_mu for n in CLASSES for q in ALL_MAPS}
     # literature orderings at 3 T
     assert mu["wm", "r1"] > mu["gm", "r1"] > mu["csf", "r1"]
     assert mu["csf", "r1"] == pytest.approx(1 / 4.3, abs=0.01)  # CSF T1 ~ 4.3 s
@@ -36,6 +39,16 @@ def test_shipped_priors_follow_the_class_convention_and_cite_every_number():
     assert mu["lesion", "mt"] < mu["wm", "mt"] and mu["lesion", "r1"] < mu["wm", "r1"]
     assert mu["lesion", "pd"] > mu["wm", "pd"]
     assert mu["background", "pd"] == 0.0
+    # spin-echo R2 below R2* in every tissue; T2 of WM shorter than GM's, CSF's longest
+    assert all(mu[n, "r2"] <= mu[n, "r2s"] for n in CLASSES if n != "background")
+    assert mu["wm", "r2"] > mu["gm", "r2"] > mu["csf", "r2"]
+    # head tissues: fat and marrow have the shortest T1, compact bone the least visible water and the
+    # shortest T2*, vitreous is water like CSF, muscle's T1 is between WM's and GM's
+    assert min(mu["fat", "r1"], mu["marrow", "r1"]) > mu["wm", "r1"]
+    assert mu["skull", "pd"] < min(mu[n, "pd"] for n in CLASSES if n not in ("background", "skull"))
+    assert mu["skull", "r2s"] == max(mu[n, "r2s"] for n in CLASSES)
+    assert abs(mu["eye", "r1"] - mu["csf", "r1"]) < 0.05 and mu["eye", "pd"] > 95
+    assert mu["gm", "r1"] < mu["muscle", "r1"] < mu["wm", "r1"]
     # partial volume lies between GM and WM
     for q in PARAMETERS:
         lo, hi = sorted((mu["gm", q], mu["wm", q]))
@@ -157,8 +170,8 @@ def test_fit_priors_input_errors():
     rng = np.random.default_rng(2)
     maps, labels = next(_synthetic_subjects(rng, HYPER_TRUE, 1))
     bad = labels.copy()
-    bad[0, 0, 0] = 9
-    with pytest.raises(InputError, match=r"lab.nii: unknown label value\(s\) \[9\]"):
+    bad[0, 0, 0] = 99
+    with pytest.raises(InputError, match=r"lab.nii: unknown label value\(s\) \[99\]"):
         fit_priors([(maps, bad)], names=["lab.nii"])
     with pytest.raises(InputError, match="map 'pd' has shape"):
         fit_priors([({**maps, "pd": maps["pd"][:-1]}, labels)])

@@ -231,9 +231,9 @@ def test_integral_float_hard_labels_are_accepted():
     ("labels", "message"),
     [
         (torch.zeros((8, 8, 8), dtype=torch.long), "label map is empty"),
-        (torch.full((8, 8, 8), 9, dtype=torch.long), "unknown label value(s) [9]"),
+        (torch.full((8, 8, 8), 99, dtype=torch.long), "unknown label value(s) [99]"),
         (torch.full((8, 8, 8), 0.5), "non-integer values"),
-        (torch.full((7, 8, 8, 8), 0.2), "soft label map does not sum to one"),
+        (torch.full((13, 8, 8, 8), 0.2), "soft label map does not sum to one"),
         (torch.full((3, 8, 8, 8), 1 / 3), "soft label map has 3 channels"),
         (torch.zeros((8, 8), dtype=torch.long), "must be 3D integer labels"),
         (-torch.ones((8, 8, 8), dtype=torch.long), "negative values"),
@@ -248,8 +248,8 @@ def test_bad_label_maps_are_rejected_by_message(labels, message):
 
 def test_unknown_labels_are_listed_together():
     lab = phantom(12)
-    lab[0, 0, 0], lab[0, 0, 1] = 7, 12
-    with pytest.raises(InputError, match=r"unknown label value\(s\) \[7, 12\]"):
+    lab[0, 0, 0], lab[0, 0, 1] = 17, 42
+    with pytest.raises(InputError, match=r"unknown label value\(s\) \[17, 42\]"):
         sample_maps(lab, load_priors(), gen(0))
 
 

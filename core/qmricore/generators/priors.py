@@ -35,6 +35,10 @@ from ..errors import InputError
 
 #: Maps every prior covers, in this order everywhere (draws, tensors, JSON).
 PARAMETERS = ("pd", "r1", "r2s", "mt")
+#: Maps a priors file may add for every class (R2 in 1/s, for spin-echo contrast: without it the simulator
+#: falls back to R2*, which makes T2-weighted images far too dark and too textured).
+OPTIONAL_PARAMETERS = ("r2",)
+UNITS = {"pd": "percent water (p.u.)", "r1": "1/s", "r2s": "1/s", "mt": "percent units (p.u.)", "r2": "1/s"}
 #: The four hyper-parameters of one (class, map) prior, in this order.
 HYPER = ("mu_mu", "sigma_mu", "mu_sigma", "sigma_sigma")
 FORMAT = "qmricore-priors/1"
@@ -102,6 +106,12 @@ class TissuePriors:
     def n_classes(self) -> int:
         return len(self.names)
 
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        """The maps these priors cover: :data:`PARAMETERS`, plus each of :data:`OPTIONAL_PARAMETERS` that every
+        class has."""
+        return PARAMETERS + tuple(p for p in OPTIONAL_PARAMETERS if all(p in pri for pri in self.priors))
+
     def index(self, name: str) -> int:
         """Channel index of a class by name."""
         if name not in self.names:
@@ -122,20 +132,20 @@ class TissuePriors:
 
     def table(self) -> np.ndarray:
         """All hyper-parameters as a float64 array of shape (classes, len(PARAMETERS), 4) in :data:`HYPER` order."""
-        return np.array([[self.priors[c][p].as_tuple() for p in PARAMETERS] for c in range(self.n_classes)])
+        return np.array([[self.priors[c][p].as_tuple() for p in self.parameters] for c in range(self.n_classes)])
 
     def to_dict(self) -> dict[str, Any]:
         classes = []
         for name, label, pri in zip(self.names, self.labels, self.priors, strict=True):
             entry: dict[str, Any] = {"name": name, "label": int(label)}
-            for p in PARAMETERS:
+            for p in self.parameters:
                 pp = pri[p]
                 entry[p] = {h: float(v) for h, v in zip(HYPER, pp.as_tuple(), strict=True)}
                 if pp.sources:
                     entry[p]["sources"] = list(pp.sources)
             classes.append(entry)
         return {"format": FORMAT, "field_strength": float(self.field_strength),
-                "units": {"pd": "percent water (p.u.)", "r1": "1/s", "r2s": "1/s", "mt": "percent units (p.u.)"},
+                "units": {p: UNITS[p] for p in self.parameters},
                 "notes": list(self.notes), "classes": classes, "sources": dict(self.sources)}
 
     @classmethod
@@ -160,8 +170,10 @@ class TissuePriors:
             if isinstance(label, bool) or not isinstance(label, (int, float)) or not float(label).is_integer():
                 raise InputError(f"class {name!r}: 'label' must be an integer, got {label!r}", path)
             per: dict[str, ParameterPrior] = {}
-            for p in PARAMETERS:
+            for p in PARAMETERS + OPTIONAL_PARAMETERS:
                 spec = entry.get(p)
+                if spec is None and p in OPTIONAL_PARAMETERS:
+                    continue
                 if not isinstance(spec, dict):
                     raise InputError(f"class {name!r} lacks the prior for {p!r}", path)
                 values = []
@@ -182,6 +194,11 @@ class TissuePriors:
             names.append(name)
             labels.append(int(label))
             priors.append(per)
+        for p in OPTIONAL_PARAMETERS:
+            have = [n for n, per in zip(names, priors, strict=True) if p in per]
+            if have and len(have) != len(names):
+                lacking = [n for n in names if n not in have]
+                raise InputError(f"{p!r} priors are given for some classes but not for {', '.join(lacking)}", path)
         b0 = data.get("field_strength", 3.0)
         if isinstance(b0, bool) or not isinstance(b0, (int, float)) or not b0 > 0:
             raise InputError(f"'field_strength' must be a positive number of tesla, got {b0!r}", path)

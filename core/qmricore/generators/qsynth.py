@@ -73,7 +73,7 @@ class QSynthConfig:
 
     def limits(self, parameter: str) -> tuple[float | None, float | None]:
         return {"pd": (self.pd_min, None), "r1": (self.r1_min, None), "r2s": (self.r2s_min, None),
-                "mt": self.mt_range}[parameter]
+                "r2": (self.r2s_min, None), "mt": self.mt_range}[parameter]
 
 
 DEFAULT_CONFIG = QSynthConfig()
@@ -101,13 +101,16 @@ class MapDraw:
     sigma: tuple[tuple[float, ...], ...]
     fwhm: tuple[float, ...]
     texture_seed: int
+    parameters: tuple[str, ...] = PARAMETERS
 
     def to_dict(self) -> dict[str, Any]:
+        par = self.parameters
         return {
             "classes": list(self.classes),
-            "mu": {c: dict(zip(PARAMETERS, r, strict=True)) for c, r in zip(self.classes, self.mu, strict=True)},
-            "sigma": {c: dict(zip(PARAMETERS, r, strict=True)) for c, r in zip(self.classes, self.sigma, strict=True)},
-            "fwhm": dict(zip(PARAMETERS, self.fwhm, strict=True)),
+            "parameters": list(par),
+            "mu": {c: dict(zip(par, r, strict=True)) for c, r in zip(self.classes, self.mu, strict=True)},
+            "sigma": {c: dict(zip(par, r, strict=True)) for c, r in zip(self.classes, self.sigma, strict=True)},
+            "fwhm": dict(zip(par, self.fwhm, strict=True)),
             "texture_seed": int(self.texture_seed),
         }
 
@@ -115,9 +118,10 @@ class MapDraw:
     def from_dict(cls, data: Mapping[str, Any]) -> MapDraw:
         try:
             classes = tuple(str(c) for c in data["classes"])
-            mu = tuple(tuple(float(data["mu"][c][p]) for p in PARAMETERS) for c in classes)
-            sigma = tuple(tuple(float(data["sigma"][c][p]) for p in PARAMETERS) for c in classes)
-            fwhm = tuple(float(data["fwhm"][p]) for p in PARAMETERS)
+            par = tuple(str(p) for p in data.get("parameters", PARAMETERS))
+            mu = tuple(tuple(float(data["mu"][c][p]) for p in par) for c in classes)
+            sigma = tuple(tuple(float(data["sigma"][c][p]) for p in par) for c in classes)
+            fwhm = tuple(float(data["fwhm"][p]) for p in par)
             seed = data["texture_seed"]
         except (KeyError, TypeError, ValueError) as error:
             raise InputError(f"not a qSynth map draw (missing or bad entry {error})") from None
@@ -128,7 +132,9 @@ class MapDraw:
             raise InputError("qSynth map draw holds non-finite numbers")
         if any(v < 0 for row in sigma for v in row) or any(v < 0 for v in fwhm):
             raise InputError("qSynth map draw: sigma and fwhm must be >= 0")
-        return cls(classes, mu, sigma, fwhm, seed)
+        if par[:len(PARAMETERS)] != PARAMETERS:
+            raise InputError(f"qSynth map draw: parameters must start with {', '.join(PARAMETERS)}, got {list(par)}")
+        return cls(classes, mu, sigma, fwhm, seed, par)
 
 
 def draw_maps(priors: TissuePriors, generator: torch.Generator, config: QSynthConfig | None = None) -> MapDraw:
@@ -149,7 +155,7 @@ def draw_maps(priors: TissuePriors, generator: torch.Generator, config: QSynthCo
     lo, hi = config.fwhm_range
     fwhm = lo + (hi - lo) * u
     return MapDraw(tuple(priors.names), tuple(tuple(r) for r in mu.tolist()), tuple(tuple(r) for r in sigma.tolist()),
-                   tuple(fwhm.tolist()), seed)
+                   tuple(fwhm.tolist()), seed, priors.parameters)
 
 
 def _as_tensor(labels: Any, device: torch.device | str | None) -> Tensor:
@@ -240,7 +246,8 @@ def apply_maps(
 
     Returns
     -------
-    ``{"pd", "r1", "r2s", "mt"}`` float32 tensors of shape (X,Y,Z): p.u., 1/s, 1/s, p.u.  Identical
+    ``{"pd", "r1", "r2s", "mt"}`` (plus ``"r2"`` when the priors have it) float32 tensors of shape (X,Y,Z):
+    p.u., 1/s, 1/s, p.u. (1/s).  Identical
     draw and labels give bit-identical maps on the CPU (for one torch thread count; across thread counts
     they agree to float rounding).
     """
@@ -255,14 +262,15 @@ def apply_maps(
     texture = smooth_noise(shape, draw.fwhm, texture_gen)
     mu = torch.tensor(draw.mu, dtype=torch.float32, device=dev)  # (C, P)
     sigma = torch.tensor(draw.sigma, dtype=torch.float32, device=dev)
-    limits = [config.limits(name) for name in PARAMETERS]
+    names = draw.parameters
+    limits = [config.limits(name) for name in names]
     with torch.no_grad():
         if kind == "hard" and dev.type == "cpu" and torch.get_num_threads() == 1:
             # single-threaded (DataLoader workers): cache-sized slices; with several threads the whole-volume
             # gathers below parallelise, while sliced gathers would pay a thread-pool wake-up each
-            return _paint_hard_chunked(weights, mu, sigma, texture, limits)
+            return _paint_hard_chunked(weights, mu, sigma, texture, limits, names)
         out: dict[str, Tensor] = {}
-        for p, name in enumerate(PARAMETERS):
+        for p, name in enumerate(names):
             if kind == "hard":
                 m, s = mu[:, p][weights], sigma[:, p][weights]
             else:
@@ -274,14 +282,14 @@ def apply_maps(
 
 
 def _paint_hard_chunked(index: Tensor, mu: Tensor, sigma: Tensor, texture: Tensor,
-                        limits: list[tuple[float | None, float | None]]) -> dict[str, Tensor]:
+                        limits: list[tuple[float | None, float | None]], names: Sequence[str]) -> dict[str, Tensor]:
     """``clamp(mu[index] + sigma[index] * texture)`` per map, on cache-sized slices (~40 % less CPU time than
     whole-volume gathers)."""
     flat = index.reshape(-1)
-    tex = texture.reshape(len(PARAMETERS), -1)
-    mus = [mu[:, p].contiguous() for p in range(len(PARAMETERS))]
-    sigmas = [sigma[:, p].contiguous() for p in range(len(PARAMETERS))]
-    outs = [torch.empty(flat.numel(), dtype=torch.float32) for _ in PARAMETERS]
+    tex = texture.reshape(len(names), -1)
+    mus = [mu[:, p].contiguous() for p in range(len(names))]
+    sigmas = [sigma[:, p].contiguous() for p in range(len(names))]
+    outs = [torch.empty(flat.numel(), dtype=torch.float32) for _ in names]
     for start in range(0, flat.numel(), CPU_CHUNK_VOXELS):
         stop = min(start + CPU_CHUNK_VOXELS, flat.numel())
         part = flat[start:stop]
@@ -289,7 +297,7 @@ def _paint_hard_chunked(index: Tensor, mu: Tensor, sigma: Tensor, texture: Tenso
             o = outs[p][start:stop]
             torch.addcmul(mus[p][part], sigmas[p][part], tex[p, start:stop], out=o)
             o.clamp_(min=lo, max=hi)
-    return {name: outs[p].view(index.shape) for p, name in enumerate(PARAMETERS)}
+    return {name: outs[p].view(index.shape) for p, name in enumerate(names)}
 
 
 def sample_maps(
