@@ -286,6 +286,43 @@ def test_estimator_trains_and_exports_an_estimator_model(tmp_path: Path) -> None
     assert loaded.meta.kind == "estimator" and loaded.meta.classes == ("pd", "r1", "r2s", "mt")
 
 
+def test_estimator_trains_on_qsynth_subjects_of_label_maps_with_bone_and_air_out_of_the_loss(tmp_path: Path) -> None:
+    from qmricore.generators.priors import load_priors
+    from qmricore.io import Volume, write_nifti
+    from qmricore.training.estimator import EstimatorSampler
+
+    priors = load_priors()
+    labels = np.zeros((20, 20, 20), dtype=np.int16)
+    labels[2:18, 2:18, 2:18] = priors.label_of("skull")
+    labels[4:16, 4:16, 4:16] = priors.label_of("gm")
+    labels[7:13, 7:13, 7:13] = priors.label_of("wm")
+    write_nifti(tmp_path / "head_labels.nii.gz", labels, Volume(labels, np.diag([2.0, 2, 2, 1]), None, None))
+    cfg = config_from_dict({"task": "estimator", "network": {"channels": [4, 8]},
+                            "data": {"labels": str(tmp_path), "patch_size": [16, 16, 16],
+                                     "augment": {"crop": None, "rotation_deg": 0, "scale": 0, "shear": 0,
+                                                 "elastic_prob": 0, "flip_prob": 0}},
+                            "loop": {"iterations": 2, "log_every": 1, "checkpoint_every": 2}})
+    sampler = EstimatorSampler(cfg)
+    image, targets = sampler.sample(0)
+    assert image.shape == (1, 16, 16, 16) and targets.shape == (5, 16, 16, 16)
+    again_image, again_targets = sampler.sample(0)
+    assert torch.equal(image, again_image) and torch.equal(targets, again_targets)  # a function of the index
+    assert not torch.equal(targets, sampler.sample(1)[1])  # every sample is a new qSynth subject
+    # targets are the painted maps; the loss mask is tissue but not skull or air
+    full = EstimatorSampler(config_from_dict({**json.loads(json.dumps(cfg_dict := {
+        "task": "estimator", "network": {"channels": [4, 8]},
+        "data": {"labels": str(tmp_path), "patch_size": [20, 20, 20],
+                 "augment": {"crop": None, "rotation_deg": 0, "scale": 0, "shear": 0, "elastic_prob": 0,
+                             "flip_prob": 0}}}))}))
+    _, t = full.sample(0)
+    mask = t[4].numpy() > 0.5
+    np.testing.assert_array_equal(mask, np.isin(labels, [priors.label_of("gm"), priors.label_of("wm")]))
+    gm, wm = (labels == priors.label_of("gm")), (labels == priors.label_of("wm"))
+    assert float(t[1].numpy()[wm].mean()) > float(t[1].numpy()[gm].mean())  # R1 of WM above GM
+    with pytest.raises(Exception, match="either a 'map_sets'"):
+        config_from_dict({**cfg_dict, "data": {"labels": str(tmp_path), "map_sets": str(tmp_path)}})
+
+
 def test_real_fraction_mixes_real_pairs_into_a_synthetic_mode(tmp_path: Path) -> None:
     from qmricore.training.seg import SegSampler
 

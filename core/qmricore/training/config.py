@@ -214,6 +214,12 @@ class EstimatorDataConfig:
     map_sets
         Folder of map-set folders, or one map-set folder (each read by :func:`qmricore.io.load_map_set`;
         PD, R1, R2* and MT are needed).
+    labels
+        Instead of ``map_sets``: a label map or a folder of them (e.g. the whole heads of
+        ``Resources/TrainingAnatomy``); each sample paints a new qSynth subject on the (augmented, cropped)
+        labels with the shipped priors (or ``priors``), so the maps vary without end.
+    priors
+        Priors JSON for ``labels`` (``None``: the shipped 3 T priors).
     b0_ref
         Field strength (tesla) the maps were measured at; each sample re-scales them to a B0 drawn
         from the ``qatlas_mprage`` ranges before simulating the MPRAGE.
@@ -226,6 +232,8 @@ class EstimatorDataConfig:
     """
 
     map_sets: str | None = None
+    labels: str | None = None
+    priors: str | None = None
     b0_ref: float = 3.0
     snr: float | None = 30.0
     patch_size: tuple[int, int, int] | None = None
@@ -235,8 +243,9 @@ class EstimatorDataConfig:
     def __post_init__(self) -> None:
         if self.patch_size is not None:
             object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
-        if not self.map_sets:
-            raise ParameterError("data: the estimator needs a 'map_sets' folder of map-set folders")
+        if bool(self.map_sets) == bool(self.labels):
+            raise ParameterError("data: the estimator needs either a 'map_sets' folder of map-set folders or "
+                                 "a 'labels' folder of label maps (qSynth subjects), not both")
         if self.b0_ref <= 0 or (self.snr is not None and self.snr <= 0):
             raise ParameterError("data: b0_ref and snr must be > 0")
 
@@ -271,7 +280,7 @@ _SECTIONS = {
     "seg": {"network": SegmenterConfig, "data": SegDataConfig, "loss": SegLossConfig},
     "estimator": {"network": EstimatorConfig, "data": EstimatorDataConfig, "loss": EstimatorLossConfig},
 }
-_PATH_KEYS = ("labels", "real_images", "real_labels", "map_sets", "estimator", "mprage")
+_PATH_KEYS = ("labels", "real_images", "real_labels", "map_sets", "estimator", "mprage", "priors")
 
 
 def _section(cls: type, data: Any, where: str) -> Any:

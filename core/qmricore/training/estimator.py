@@ -32,6 +32,8 @@ from .config import EstimatorLossConfig, EstimatorTrainConfig, config_to_dict
 from .loop import sample_seed
 from .seg import fit_shape, map_set_folders, normalise, padded_shape
 
+#: Classes left out of the loss mask of label-map training: no MPRAGE tells their maps apart (air, compact bone).
+UNMEASURED = ("background", "skull")
 #: Loss phases: warm-up (L2 on values) and main (L1 + L2 on values and on spatial gradients).
 PHASES = ("l2", "l1+l2+gradient")
 
@@ -108,28 +110,70 @@ class EstimatorSampler:
             sets.append({k: torch.from_numpy(v).to(self.device) for k, v in map_set.maps.items()})
         return sets
 
-    def sample(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from ..augment import AugmentConfig, apply_intensity, apply_spatial, draw_augment, sampling_grid
-        from ..generators.qsynth import draw_qatlas_mprage
-        from ..physics import rescale_field_strength, simulate
+    @cached_property
+    def label_maps(self) -> list[torch.Tensor]:
+        """The label maps of ``data.labels`` (validated against the priors), for qSynth subjects."""
+        from ..datasets import label_files, read_label_map
 
-        rng = np.random.default_rng(sample_seed(self.config.loop.seed, index))
-        sets = self.map_sets
-        maps = sets[int(rng.integers(len(sets)))]
-        draw, b0 = draw_qatlas_mprage(torch.Generator().manual_seed(int(rng.integers(0, 2**62))))
-        r1, r2s = rescale_field_strength(maps["r1"], maps["r2s"], self.data.b0_ref, b0)
-        image = simulate("mprage", {**maps, "r1": r1, "r2s": r2s}, snr=self.data.snr,
-                         seed=int(rng.integers(0, 2**31 - 1)), **draw.params)
-        targets = torch.stack([maps[k] for k in ESTIMATOR_MAPS] + [(maps["pd"] > 0).to(maps["pd"].dtype)])
+        return [torch.from_numpy(read_label_map(path, self.priors).labels).to(self.device)
+                for path in label_files(self.data.labels)]
+
+    @cached_property
+    def priors(self) -> Any:
+        from ..generators.priors import load_priors
+
+        return load_priors(self.data.priors)
+
+    def _augment_config(self) -> Any:
+        from ..augment import AugmentConfig
 
         options = dict(self.data.augment)
         options.setdefault("crop", self.data.patch_size)
         options.setdefault("noise_prob", 0.0)  # noise is already in the simulation
-        aug = draw_augment(tuple(image.shape), AugmentConfig.from_dict(options), int(rng.integers(0, 2**62)))
-        grid = sampling_grid(aug.spatial, image.device)
-        image = apply_spatial(image.to(torch.float32), aug.spatial, grid=grid)
-        targets = apply_spatial(targets.to(torch.float32), aug.spatial, grid=grid)
-        targets[4] = (targets[4] > 0.5).to(targets.dtype)
+        return AugmentConfig.from_dict(options)
+
+    def _maps(self, rng: np.random.Generator) -> tuple[dict[str, torch.Tensor], Any, torch.Tensor | None]:
+        """One subject's maps, the augmentation draw, and (labels only) the loss mask on the crop grid.
+
+        With ``data.map_sets``: a map set, spatially augmented later together with its MPRAGE.  With
+        ``data.labels``: the labels go onto the crop grid first (nearest), then a qSynth subject is painted on
+        them, so a crop costs what a crop costs and the maps are sharp at tissue borders.  The loss mask is
+        every tissue but air and compact bone (:data:`UNMEASURED`), whose R2* no MPRAGE can tell from air.
+        """
+        from ..augment import apply_spatial, draw_augment, sampling_grid
+        from ..generators.qsynth import apply_maps, draw_maps
+
+        if self.data.labels is None:
+            maps = self.map_sets[int(rng.integers(len(self.map_sets)))]
+            aug = draw_augment(tuple(maps["pd"].shape), self._augment_config(), int(rng.integers(0, 2**62)))
+            return maps, aug, None
+        labels = self.label_maps[int(rng.integers(len(self.label_maps)))]
+        aug = draw_augment(tuple(labels.shape), self._augment_config(), int(rng.integers(0, 2**62)))
+        background = self.priors.background_label
+        cropped = apply_spatial(labels - background, aug.spatial, grid=sampling_grid(aug.spatial, labels.device))
+        draw = draw_maps(self.priors, torch.Generator().manual_seed(int(rng.integers(0, 2**62))))
+        cropped = cropped + background
+        unmeasured = [self.priors.label_of(n) for n in UNMEASURED if n in self.priors.names]
+        return apply_maps(cropped, self.priors, draw), aug, ~torch.isin(cropped, torch.tensor(unmeasured))
+
+    def sample(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from ..augment import apply_intensity, apply_spatial, sampling_grid
+        from ..generators.qsynth import draw_qatlas_mprage
+        from ..physics import rescale_field_strength, simulate
+
+        rng = np.random.default_rng(sample_seed(self.config.loop.seed, index))
+        maps, aug, mask = self._maps(rng)
+        draw, b0 = draw_qatlas_mprage(torch.Generator().manual_seed(int(rng.integers(0, 2**62))))
+        r1, r2s = rescale_field_strength(maps["r1"], maps["r2s"], self.data.b0_ref, b0)
+        image = simulate("mprage", {**maps, "r1": r1, "r2s": r2s}, snr=self.data.snr,
+                         seed=int(rng.integers(0, 2**31 - 1)), **draw.params).to(torch.float32)
+        mask = maps["pd"] > 0 if mask is None else mask
+        targets = torch.stack([maps[k] for k in ESTIMATOR_MAPS] + [mask.to(maps["pd"].dtype)]).to(torch.float32)
+        if self.data.labels is None:  # map sets: the spatial augmentation follows the simulation
+            grid = sampling_grid(aug.spatial, image.device)
+            image = apply_spatial(image, aug.spatial, grid=grid)
+            targets = apply_spatial(targets, aug.spatial, grid=grid)
+            targets[4] = (targets[4] > 0.5).to(targets.dtype)
         image = apply_intensity(image, aug.intensity, foreground=targets[4] > 0)
         image = normalise(image, self.preprocessing)
 
