@@ -178,6 +178,34 @@ def _read_config(path: Path) -> dict[str, Any]:
     return config
 
 
+def weights_file(path: str | os.PathLike[str]) -> Path:
+    """The weights file of ``path``: the file itself, or a folder's ``model.safetensors`` (InputError if none)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("no such file or folder", path)
+    if path.is_dir():
+        if not (path / "model.safetensors").is_file():
+            raise InputError("folder has no model.safetensors (expected a SynthStroke model repository)", path)
+        return path / "model.safetensors"
+    return path
+
+
+def config_file(path: str | os.PathLike[str], config: str | os.PathLike[str] | None = None) -> Path | None:
+    """The config.json that goes with the weights at ``path``: ``config`` if given, else the ``config.json`` next
+    to a ``.safetensors`` file (or in the model folder), else None (a torch checkpoint carries no config)."""
+    if config is not None:
+        return Path(config)
+    weights = weights_file(path)
+    found = weights.with_name("config.json")
+    return found if weights.suffix == ".safetensors" and found.is_file() else None
+
+
+def stated_spacing(path: str | os.PathLike[str], config: str | os.PathLike[str] | None = None) -> float | None:
+    """The voxel size (mm) the config of these weights states, or None; reads only the config (fast)."""
+    where = config_file(path, config)
+    return None if where is None else config_spacing(_read_config(where), where)
+
+
 def read_weights(path: str | os.PathLike[str], config: str | os.PathLike[str] | None = None) -> SynthStrokeWeights:
     """Read SynthStroke weights in either layout, never running pickled code.
 
@@ -195,22 +223,12 @@ def read_weights(path: str | os.PathLike[str], config: str | os.PathLike[str] | 
         Missing file, another format, a pickle that needs more than tensors, no ``net`` state dict,
         non-tensor entries, an unreadable config.
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputError("no such file or folder", path)
-    if path.is_dir():
-        weights = path / "model.safetensors"
-        if not weights.is_file():
-            raise InputError("folder has no model.safetensors (expected a SynthStroke model repository)", path)
-    else:
-        weights = path
+    weights = weights_file(path)
+    config_path = config_file(path, config)
     if weights.suffix == ".safetensors":
         layout, state = "safetensors", _read_safetensors(weights)
-        found = weights.with_name("config.json")
-        config_path = Path(config) if config is not None else (found if found.is_file() else None)
     else:
         layout, state = "checkpoint", _read_checkpoint(weights)
-        config_path = Path(config) if config is not None else None
     if not state:
         raise InputError("holds no tensors", weights)
     bad = sorted(str(k) for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor))
@@ -235,17 +253,16 @@ def _int_list(value: Any, name: str, where: Path | None) -> tuple[int, ...]:
     return tuple(int(v) for v in value)
 
 
-def config_spacing(weights: SynthStrokeWeights) -> float | None:
-    """The voxel size (mm) the config states (``spacing``/``pixdim``/``resolution`` or ``low_res``), or None."""
-    where = weights.config_path
-    value = _setting(weights.config, "spacing")
+def config_spacing(config: Mapping[str, Any], where: Path | None = None) -> float | None:
+    """The voxel size (mm) a config states (``spacing``/``pixdim``/``resolution`` or ``low_res``), or None."""
+    value = _setting(config, "spacing")
     if value is not None:
         values = value if isinstance(value, (list, tuple)) else [value]
         if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values) \
                 or len({float(v) for v in values}) != 1:
             raise InputError(f"config spacing must be one positive size in mm (isotropic), got {value!r}", where)
         return float(values[0])
-    low_res = _setting(weights.config, "low_res")
+    low_res = _setting(config, "low_res")
     if low_res is not None:
         if not isinstance(low_res, bool):
             raise InputError(f"config low_res must be true or false, got {low_res!r}", where)
@@ -334,7 +351,7 @@ def import_synthstroke(
         Anything wrong with the files (one line naming the file and the problem).
     """
     weights = read_weights(path, config)
-    stated = config_spacing(weights)
+    stated = config_spacing(weights.config, weights.config_path)
     if spacing is not None and not spacing > 0:
         raise ParameterError(f"spacing must be > 0 mm, got {spacing}")
     chosen = float(spacing if spacing is not None else stated if stated is not None else STANDARD_SPACING)

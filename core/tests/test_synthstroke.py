@@ -22,6 +22,7 @@ from qmricore.synthstroke import (
     LICENCE,
     SYNTHSTROKE_WINDOW,
     import_synthstroke,
+    stated_spacing,
     synthstroke_preprocessing,
 )
 
@@ -102,6 +103,8 @@ def test_two_class_checkpoint_without_config_and_the_low_res_variant(tmp_path: P
         (tmp_path / "config.json").write_text(json.dumps(config))
         out = import_synthstroke(checkpoint, tmp_path / "c.pt", config=tmp_path / "config.json")
         assert out.spacing == spacing and read_meta(out.path).preprocessing.spacing == spacing
+        assert stated_spacing(checkpoint, tmp_path / "config.json") == spacing  # from the config alone
+    assert stated_spacing(checkpoint) is None  # a checkpoint carries no config: the user must say
 
 
 @pytest.mark.parametrize(
