@@ -22,8 +22,8 @@ from monai.networks.nets import UNet
 #: LPS-ordered, anisotropic (1.1 x 0.9 x 1.3 mm) input geometry, rotated 2 degrees about x (oblique).
 _TILT = np.deg2rad(2.0)
 AFFINE = np.eye(4)
-AFFINE[:3, :3] = np.diag([-1.0, -1.0, 1.0]) @ np.array(
-    [[1.0, 0.0, 0.0], [0.0, np.cos(_TILT), -np.sin(_TILT)], [0.0, np.sin(_TILT), np.cos(_TILT)]]) @ np.diag([1.1, 0.9, 1.3])
+_ROTATION = np.array([[1.0, 0.0, 0.0], [0.0, np.cos(_TILT), -np.sin(_TILT)], [0.0, np.sin(_TILT), np.cos(_TILT)]])
+AFFINE[:3, :3] = np.diag([-1.0, -1.0, 1.0]) @ _ROTATION @ np.diag([1.1, 0.9, 1.3])
 AFFINE[:3, 3] = [30.0, 20.0, -15.0]
 SHAPE = (40, 44, 36)
 
