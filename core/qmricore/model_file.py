@@ -295,7 +295,7 @@ def save_model(
     return atomic_torch_save(payload, path)
 
 
-def _read_payload(path: Path) -> dict[str, Any]:
+def _read_payload(path: Path, *, mmap: bool = False) -> dict[str, Any]:
     if not path.exists():
         raise InputError("model file not found", path)
     if not path.is_file():
@@ -303,7 +303,7 @@ def _read_payload(path: Path) -> dict[str, Any]:
     if not zipfile.is_zipfile(path):
         raise InputError("not a qmricore model file (not a torch zip archive: corrupt or another format)", path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:  # torch raises many kinds for corrupt or unsafe files
         raise InputError(f"corrupt or unsafe model file ({type(error).__name__})", path) from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
@@ -319,9 +319,13 @@ def _read_payload(path: Path) -> dict[str, Any]:
 
 
 def read_meta(path: str | os.PathLike[str]) -> ModelMeta:
-    """Metadata of a model file without building the network (raises InputError like :func:`load_model`)."""
+    """Metadata of a model file without building the network (raises InputError like :func:`load_model`).
+
+    The weights are memory-mapped, not read, so listing large models (an 18.6 M-parameter SynthStroke file
+    is 75 MB) stays fast.
+    """
     path = Path(path)
-    return _meta_from_payload(_read_payload(path), path)
+    return _meta_from_payload(_read_payload(path, mmap=True), path)
 
 
 def _meta_from_payload(payload: Mapping[str, Any], path: Path) -> ModelMeta:
