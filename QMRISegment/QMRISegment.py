@@ -185,9 +185,10 @@ class QMRISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode.modelPath = self._models[row].path
 
     def onImportModelButton(self) -> None:
-        source = qt.QFileDialog.getOpenFileName(
+        chosen = qt.QFileDialog.getOpenFileName(
             self.parent, _("Import SynthStroke model"), "",
             _("SynthStroke weights (*.safetensors *.pt *.pth *.ckpt);;All files (*)"))
+        source = chosen[0] if isinstance(chosen, tuple) else chosen  # PythonQt: the path; PySide: (path, filter)
         if not source:
             return
         with slicer.util.tryWithErrorDisplay(_("Could not import the SynthStroke model."), waitCursor=True):
