@@ -33,6 +33,7 @@ except ImportError:  # source tree: the sibling module folder
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "QMRISynth"))
 
 from QMRISegmentLib.logic import QMRISegmentLogic as SegmentCore
+from QMRISegmentLib.models import MODEL_TABLE_COLUMNS
 from QMRISegmentLib.parameters import segmentNodes, segmentParameters
 from QMRISegmentLib.runner import RunnerEvent
 from QMRISynthLib.parameters import makeParameterNodeClass
@@ -57,7 +58,9 @@ class QMRISegment(ScriptedLoadableModule):
             "Segment stroke lesions in one or more images (modality tags; logits ensembled across modalities) "
             "with a model trained on physics-based synthetic data, and estimate PD, R1, R2*, MT maps from an "
             "MPRAGE. Runs on the GPU when there is one. The result is a segmentation with a coded 'Lesion' "
-            "segment and a table with the lesion volume in mL.")
+            "segment and a table with the lesion volume in mL. The model list holds the shipped models and the ones "
+            "you import: 'Import SynthStroke model...' turns the SynthStroke authors' published weights (which you "
+            "download; their licence is the authors') into a model here, with the authors' preprocessing.")
         self.parent.acknowledgementText = _("Built on the qmricore library (MONAI networks).")
 
 
@@ -86,6 +89,7 @@ class QMRISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.job = None
         self._jobButton = None
         self._pollTimer = None
+        self._models = []
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -100,6 +104,10 @@ class QMRISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.applyButton.clicked.connect(self.onApplyButton)
         self.ui.estimateButton.clicked.connect(self.onEstimateButton)
+        self.ui.importModelButton.clicked.connect(self.onImportModelButton)
+        self.ui.modelTableWidget.itemSelectionChanged.connect(self.onModelSelected)
+        self.ui.modelTableWidget.setColumnCount(len(MODEL_TABLE_COLUMNS))
+        self.ui.modelTableWidget.setHorizontalHeaderLabels(list(MODEL_TABLE_COLUMNS))
         self.ui.progressBar.setVisible(False)
         self.ui.progressBar.setRange(0, 100)
 
@@ -108,6 +116,7 @@ class QMRISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._pollTimer.timeout.connect(self.onPoll)
 
         self.initializeParameterNode()
+        self.updateModelTable()
 
     def cleanup(self) -> None:
         self.removeObservers()
@@ -115,6 +124,7 @@ class QMRISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        self.updateModelTable()
 
     def exit(self) -> None:
         if self._parameterNode:
@@ -146,6 +156,53 @@ class QMRISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
             self.updateButtons()
+
+    # ------------------------------------------------------------------ model list
+    def updateModelTable(self, select=None) -> None:
+        """Fill the model table from the Lib (shipped + imported models); select ``select`` or the current model."""
+        self._models, problems = self.logic.core.listModels("segmenter")
+        table = self.ui.modelTableWidget
+        current = str(select if select is not None else (self._parameterNode.modelPath if self._parameterNode else ""))
+        table.blockSignals(True)
+        table.clearContents()
+        table.setRowCount(len(self._models))
+        for row, model in enumerate(self._models):
+            for column, text in enumerate(model.row()):
+                item = qt.QTableWidgetItem(text)
+                item.setToolTip(model.toolTip)
+                table.setItem(row, column, item)
+            if current not in ("", ".") and str(model.path) == current:
+                table.selectRow(row)
+        table.resizeColumnsToContents()
+        table.blockSignals(False)
+        if problems:  # unreadable files in the model folders: shown, not swallowed
+            self.ui.statusLabel.setText(_("Not listed: {problems}").format(problems="; ".join(problems)))
+
+    def onModelSelected(self) -> None:
+        row = self.ui.modelTableWidget.currentRow()
+        if self._parameterNode is None or not 0 <= row < len(self._models):
+            return
+        self._parameterNode.modelPath = self._models[row].path
+
+    def onImportModelButton(self) -> None:
+        chosen = qt.QFileDialog.getOpenFileName(
+            self.parent, _("Import SynthStroke model"), "",
+            _("SynthStroke weights (*.safetensors *.pt *.pth *.ckpt);;All files (*)"))
+        source = chosen[0] if isinstance(chosen, tuple) else chosen  # PythonQt: the path; PySide: (path, filter)
+        if not source:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not import the SynthStroke model."), waitCursor=True):
+            spacing = None
+            if self.logic.core.statedSpacing(source) is None:  # a raw checkpoint says nothing about its voxel size
+                lowRes = slicer.util.confirmYesNoDisplay(
+                    _("Was this model trained at 2 mm (the authors' low-resolution variant)? "
+                      "Answer No for the standard 1 mm models."))
+                spacing = 2.0 if lowRes else 1.0
+            model = self.logic.core.importSynthStrokeModel(source, spacing=spacing)
+            self._parameterNode.modelPath = model.path
+            self.updateModelTable(select=model.path)
+            self.ui.statusLabel.setText(_("Imported {name} ({classes}); licence: {licence}").format(
+                name=model.name, classes=model.classesText, licence=model.licence))
 
     # ------------------------------------------------------------------ buttons
     def updateButtons(self, caller=None, event=None) -> None:

@@ -234,3 +234,44 @@ def test_module_file_executes_with_stub_app_modules(module, monkeypatch):
         assert getattr(cls, s.name) == s.default
         if s.minimum is not None:
             assert typing.get_args(hints[s.name])[1].args == (s.minimum, s.maximum)
+
+
+def test_segment_model_list_widgets():
+    """The model table (shipped + imported models) and the import action of QMRISegment (issue 11)."""
+    from QMRISegmentLib.models import MODEL_TABLE_COLUMNS
+
+    found = widgets("QMRISegment")
+    table, button = found["modelTableWidget"], found["importModelButton"]
+    assert table.get("class") == "QTableWidget" and button.get("class") == "QPushButton"
+    headers = [c.find("property/string").text for c in table.findall("column")]
+    assert headers == list(MODEL_TABLE_COLUMNS)  # the .ui's header is the Lib's one definition
+    assert prop(table, "selectionBehavior") == "QAbstractItemView::SelectRows"
+    assert prop(table, "selectionMode") == "QAbstractItemView::SingleSelection"
+    assert prop(table, "editTriggers") == "QAbstractItemView::NoEditTriggers"
+    assert prop(button, "text") == "Import SynthStroke model\u2026"
+    code = (ROOT / "QMRISegment" / "QMRISegment.py").read_text()
+    assert "self.ui.importModelButton.clicked.connect(self.onImportModelButton)" in code
+    assert "self.ui.modelTableWidget.itemSelectionChanged.connect(self.onModelSelected)" in code
+    # the chooser writes the picked model into the parameter node, and the import goes through the Logic
+    assert "self._parameterNode.modelPath = self._models[row].path" in code
+    assert "self.logic.core.importSynthStrokeModel(" in code and "self.logic.core.listModels(" in code
+
+
+def test_standin_model_table_shows_the_shipped_models(tmp_path):
+    pytest.importorskip("PySide6.QtUiTools")
+    import os
+
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    sys.path.insert(0, str(ROOT / "Testing"))
+    import widget_standin
+    from QMRISegmentLib.models import listModels
+
+    panel = widget_standin.loadPanel("QMRISegment")
+    widget_standin.dressSegmentPanel(panel)
+    table = widget_standin.findWidget(panel, "modelTableWidget")
+    shipped, _ = listModels("segmenter", userFolder=tmp_path)
+    assert table.columnCount() == 5 and table.rowCount() == len(shipped) + 1
+    assert [table.horizontalHeaderItem(c).text() for c in range(5)] == ["Name", "Classes", "Expected input",
+                                                                        "Source", "Size"]
+    assert [table.item(r, 0).text() for r in range(len(shipped))] == ["lesion_seg_qsynth", "lesion_seg_synth"]
+    assert table.item(0, 1).text() == "2: background, lesion"

@@ -312,8 +312,28 @@ def dressSynthPanel(panel: QWidget) -> None:
         findWidget(panel, f"{name}Label").setVisible(name in used)
 
 
+def fillModelTable(panel: QWidget, rows: list[tuple[str, ...]]) -> None:
+    """What QMRISegmentWidget.updateModelTable does: one row per model, cells in MODEL_TABLE_COLUMNS order."""
+    from PySide6.QtWidgets import QTableWidgetItem
+
+    table = findWidget(panel, "modelTableWidget")
+    table.setRowCount(len(rows))
+    for row, cells in enumerate(rows):
+        for column, text in enumerate(cells):
+            table.setItem(row, column, QTableWidgetItem(text))
+    table.resizeColumnsToContents()
+
+
 def dressSegmentPanel(panel: QWidget) -> None:
     writeDefaults(panel, moduleSpecs("QMRISegment"))
+    from QMRISegmentLib.models import listModels
+
+    shipped, _ = listModels("segmenter", userFolder=ROOT / "no-user-models")  # the real shipped entries
+    example = ("SynthStroke 6-class 1 mm", "6: background, GM, WM, GM/WM PV, CSF, lesion",
+               "1 image, RAS 1 mm, histogram-normalised", "SynthStroke (the seed authors' published weights)",
+               "74.6 MB")  # what an import adds (illustration: no authors' file ships here)
+    fillModelTable(panel, [m.row() for m in shipped] + [example])
+    findWidget(panel, "modelTableWidget").selectRow(len(shipped))
     findWidget(panel, "progressBar").setVisible(True)
     findWidget(panel, "progressBar").setValue(40)
     findWidget(panel, "statusLabel").setText("segmenting 1 image(s) with 8-flip TTA")

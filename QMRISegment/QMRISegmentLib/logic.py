@@ -29,12 +29,11 @@ from QMRISynthLib.logic import MAP_ATTRIBUTE, MAP_TITLES
 from qmricore.errors import InputError
 from qmricore.io import read_volume
 
+from . import models
+from .models import MODEL_FOLDERS, ModelInfo
 from .runner import BackgroundRunner, Event, RunnerEvent
 
 WORKER = Path(__file__).with_name("worker.py")
-#: Where the shipped models live, first match wins: the repository's and the module's Resources/Models.
-MODEL_FOLDERS = (Path(__file__).resolve().parents[2] / "Resources" / "Models",
-                 Path(__file__).resolve().parents[1] / "Resources" / "Models")
 DEFAULT_SEGMENTER = "lesion_seg_qsynth.pt"
 DEFAULT_ESTIMATOR = "qatlas_estimator.pt"
 
@@ -88,8 +87,27 @@ def voxelVolumeMl(node: Any) -> float:
 class QMRISegmentLogic:
     """Segmentation and estimation jobs and their import into MRML nodes."""
 
-    def __init__(self, scene: Any = None) -> None:
+    def __init__(self, scene: Any = None, modelFolder: Path | None = None) -> None:
         self.scene = scene if scene is not None else slicer.mrmlScene
+        #: Where imported models go (None: :func:`.models.userModelFolder`, read at each use).
+        self.modelFolder = modelFolder
+
+    # ------------------------------------------------------------------ model list
+    def listModels(self, kind: str = "segmenter") -> tuple[list[ModelInfo], list[str]]:
+        """Shipped and imported models of ``kind`` for the model table, and one line per unreadable file."""
+        return models.listModels(kind, self.modelFolder)
+
+    @staticmethod
+    def statedSpacing(source: Any, config: Any = None) -> float | None:
+        """Voxel size (mm) stated by the config of SynthStroke weights, or None (then the user must say)."""
+        from qmricore.synthstroke import stated_spacing
+
+        return stated_spacing(source, config)
+
+    def importSynthStrokeModel(self, source: Any, config: Any = None, spacing: float | None = None,
+                               name: str | None = None) -> ModelInfo:
+        """Import downloaded SynthStroke weights into the model folder; returns the new list entry."""
+        return models.importSynthStroke(source, config, spacing, name, self.modelFolder)
 
     # ------------------------------------------------------------------ inputs
     @staticmethod

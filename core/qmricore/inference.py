@@ -16,7 +16,8 @@ averaged before the softmax) and returns everything on the first input's exact g
 Devices: ``"auto"`` picks CUDA when available.  On ``torch.cuda.OutOfMemoryError`` the window batch is
 halved (down to 1), then the work moves to the CPU, each step with a ``warnings.warn``.
 
-Images are padded for the sliding window with their minimum (the background after normalisation).
+Images are padded for the sliding window with their minimum (the background after normalisation), or with 0
+when the model file says ``padding="zero"`` (MONAI's default, which imported SynthStroke models use).
 """
 
 from __future__ import annotations
@@ -126,7 +127,8 @@ def sliding_window_logits(
     """Sliding-window prediction ``(1, K, X, Y, Z)`` of ``image`` ``(1, C, X, Y, Z)`` on its device.
 
     Windows of ``window.patch`` voxels overlap by ``window.overlap`` and are blended with a Gaussian of
-    standard deviation ``window.sigma_scale`` times the window size; with ``tta`` each window's
+    standard deviation ``window.sigma_scale`` times the window size (the image is padded with
+    ``window.padding``: its minimum or 0); with ``tta`` each window's
     prediction is the mean over the 8 flips of x, y, z.  ``progress`` shows a tqdm bar over the windows.
     """
     from monai.inferers import sliding_window_inference
@@ -142,7 +144,7 @@ def sliding_window_logits(
             mode="gaussian",
             sigma_scale=window.sigma_scale,
             padding_mode="constant",
-            cval=float(image.min()),
+            cval=0.0 if window.padding == "zero" else float(image.min()),
             progress=progress,
         )
 

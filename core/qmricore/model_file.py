@@ -14,6 +14,7 @@ key                 value
 ``inference``       ``WindowConfig.to_dict()``: patch (voxels), overlap, sigma_scale, sw_batch_size
 ``code_version``    ``qmricore.__version__`` that wrote the file
 ``training``        free-form JSON-like dict (iterations, data mode, ...); may be empty
+``origin``          optional: where the weights come from (name, source, licence, expected input); may be absent
 ``state_dict``      the network's ``state_dict()`` (tensors on the CPU)
 ==================  ==========================================================================
 
@@ -44,6 +45,11 @@ FORMAT_NAME = "qmricore-model"
 FORMAT_VERSION = 1
 KINDS = ("segmenter", "estimator")
 REQUIRED_KEYS = ("format", "version", "kind", "network", "classes", "preprocessing", "inference", "state_dict")
+#: Intensity normalisations and grid anchors of :class:`PreprocessConfig`.
+NORMALISATIONS = ("percentile", "histogram", "none")
+GRID_ANCHORS = ("centred", "first-voxel")
+#: What the sliding window pads the image with beyond its edges (:class:`WindowConfig`).
+PADDINGS = ("minimum", "zero")
 
 
 def _dataclass_from_dict(cls: type, data: Mapping[str, Any]) -> Any:
@@ -66,13 +72,21 @@ class PreprocessConfig:
         Axis codes the image is reoriented to (only ``"RAS"`` is supported).
     normalisation
         ``"percentile"``: clip intensities to the ``percentiles`` (in percent) of the image, then scale
-        linearly to [0, 1] (a robust histogram normalisation); ``"none"``: leave intensities as they are.
+        linearly to [0, 1] (a robust histogram normalisation); ``"histogram"``: MONAI's
+        ``HistogramNormalize`` (histogram equalisation with ``histogram_bins`` bins onto
+        ``histogram_range``; SynthStroke's preprocessing); ``"none"``: leave intensities as they are.
     percentiles
         Lower and upper percentile (percent) for ``"percentile"``.
     zscore
         ``"whole"``: subtract the mean and divide by the standard deviation over the whole image;
         ``"foreground"``: the same statistics over voxels above the lower percentile (the background
         becomes a constant below the foreground); ``"none"``: skip.
+    grid
+        Where the resliced grid sits: ``"centred"`` (the input's field of view, centred; ``n·v/spacing``
+        voxels per axis) or ``"first-voxel"`` (MONAI ``Spacing``'s convention: the first voxel centre is
+        kept and an axis gets ``round((n-1)·v/spacing) + 1`` voxels), see :func:`qmricore.preprocess.network_grid`.
+    histogram_bins, histogram_range
+        Bins and output range (min, max) of ``"histogram"``.
     """
 
     spacing: float = 1.0
@@ -80,17 +94,27 @@ class PreprocessConfig:
     normalisation: str = "percentile"
     percentiles: tuple[float, float] = (0.5, 99.5)
     zscore: str = "whole"
+    grid: str = "centred"
+    histogram_bins: int = 256
+    histogram_range: tuple[float, float] = (0.0, 255.0)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "percentiles", tuple(float(p) for p in self.percentiles))
+        object.__setattr__(self, "histogram_range", tuple(float(p) for p in self.histogram_range))
         if not self.spacing > 0:
             raise ParameterError(f"PreprocessConfig: spacing must be > 0 mm, got {self.spacing}")
         if self.orientation != "RAS":
             raise ParameterError(f"PreprocessConfig: orientation must be 'RAS', got {self.orientation!r}")
-        if self.normalisation not in ("percentile", "none"):
+        if self.normalisation not in NORMALISATIONS:
             raise ParameterError(
-                f"PreprocessConfig: normalisation must be 'percentile' or 'none', got {self.normalisation!r}"
+                f"PreprocessConfig: normalisation must be one of {NORMALISATIONS}, got {self.normalisation!r}"
             )
+        if self.grid not in GRID_ANCHORS:
+            raise ParameterError(f"PreprocessConfig: grid must be one of {GRID_ANCHORS}, got {self.grid!r}")
+        low_h, high_h = self.histogram_range if len(self.histogram_range) == 2 else (1.0, 0.0)
+        if self.histogram_bins < 2 or not low_h < high_h:
+            raise ParameterError("PreprocessConfig: need histogram_bins >= 2 and histogram_range (min, max) with "
+                                 f"min < max, got {self.histogram_bins}, {self.histogram_range}")
         low, high = self.percentiles if len(self.percentiles) == 2 else (1.0, 0.0)
         if not 0.0 <= low < high <= 100.0:
             raise ParameterError(
@@ -123,12 +147,17 @@ class WindowConfig:
         Gaussian weighting: standard deviation as a fraction of the window size.
     sw_batch_size
         Windows per forward pass (halved on GPU out-of-memory).
+    padding
+        Value the image is padded with where a window reaches past it: ``"minimum"`` (the image's
+        minimum, i.e. its background) or ``"zero"`` (0, MONAI ``SlidingWindowInferer``'s default, which
+        SynthStroke uses; after a z-score that is the mean intensity).
     """
 
     patch: tuple[int, int, int] = (192, 192, 192)
     overlap: float = 0.5
     sigma_scale: float = 0.125
     sw_batch_size: int = 1
+    padding: str = "minimum"
 
     def __post_init__(self) -> None:
         patch = (self.patch,) * 3 if isinstance(self.patch, int) else tuple(int(p) for p in self.patch)
@@ -137,6 +166,8 @@ class WindowConfig:
             raise ParameterError(f"WindowConfig: patch must be three positive sizes, got {self.patch}")
         if not 0.0 <= self.overlap < 1.0 or not self.sigma_scale > 0 or self.sw_batch_size < 1:
             raise ParameterError("WindowConfig: need 0 <= overlap < 1, sigma_scale > 0, sw_batch_size >= 1")
+        if self.padding not in PADDINGS:
+            raise ParameterError(f"WindowConfig: padding must be one of {PADDINGS}, got {self.padding!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -157,6 +188,7 @@ class ModelMeta:
     inference: WindowConfig
     code_version: str
     training: dict[str, Any]
+    origin: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -189,6 +221,7 @@ def model_payload(
     preprocessing: PreprocessConfig | None = None,
     inference: WindowConfig | None = None,
     training: Mapping[str, Any] | None = None,
+    origin: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The dict that :func:`save_model` writes (``state_dict`` tensors copied to the CPU).
 
@@ -215,6 +248,7 @@ def model_payload(
         "inference": window.to_dict(),
         "code_version": __version__,
         "training": dict(training or {}),
+        "origin": dict(origin or {}),
         "state_dict": state,
     }
 
@@ -236,6 +270,7 @@ def save_model(
     preprocessing: PreprocessConfig | None = None,
     inference: WindowConfig | None = None,
     training: Mapping[str, Any] | None = None,
+    origin: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``model`` and its settings to ``path`` atomically; returns the path.
 
@@ -251,12 +286,16 @@ def save_model(
         Settings to store (defaults: :class:`PreprocessConfig`, :class:`WindowConfig`).
     training
         Optional JSON-like information about the training run.
+    origin
+        Optional JSON-like description of where the weights come from (``name``, ``source``, ``licence``,
+        ``input``, ...), e.g. for an imported model (:mod:`qmricore.synthstroke`); shown in model lists.
     """
-    payload = model_payload(model, config, preprocessing=preprocessing, inference=inference, training=training)
+    payload = model_payload(model, config, preprocessing=preprocessing, inference=inference, training=training,
+                            origin=origin)
     return atomic_torch_save(payload, path)
 
 
-def _read_payload(path: Path) -> dict[str, Any]:
+def _read_payload(path: Path, *, mmap: bool = False) -> dict[str, Any]:
     if not path.exists():
         raise InputError("model file not found", path)
     if not path.is_file():
@@ -264,7 +303,7 @@ def _read_payload(path: Path) -> dict[str, Any]:
     if not zipfile.is_zipfile(path):
         raise InputError("not a qmricore model file (not a torch zip archive: corrupt or another format)", path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:  # torch raises many kinds for corrupt or unsafe files
         raise InputError(f"corrupt or unsafe model file ({type(error).__name__})", path) from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
@@ -280,9 +319,13 @@ def _read_payload(path: Path) -> dict[str, Any]:
 
 
 def read_meta(path: str | os.PathLike[str]) -> ModelMeta:
-    """Metadata of a model file without building the network (raises InputError like :func:`load_model`)."""
+    """Metadata of a model file without building the network (raises InputError like :func:`load_model`).
+
+    The weights are memory-mapped, not read, so listing large models (an 18.6 M-parameter SynthStroke file
+    is 75 MB) stays fast.
+    """
     path = Path(path)
-    return _meta_from_payload(_read_payload(path), path)
+    return _meta_from_payload(_read_payload(path, mmap=True), path)
 
 
 def _meta_from_payload(payload: Mapping[str, Any], path: Path) -> ModelMeta:
@@ -296,6 +339,7 @@ def _meta_from_payload(payload: Mapping[str, Any], path: Path) -> ModelMeta:
             inference=WindowConfig.from_dict(payload["inference"]),
             code_version=str(payload.get("code_version", "unknown")),
             training=dict(payload.get("training") or {}),
+            origin=dict(payload.get("origin") or {}),
         )
     except (ParameterError, TypeError, ValueError) as error:
         raise InputError(f"invalid model settings ({error})", path) from error

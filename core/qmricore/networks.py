@@ -88,6 +88,15 @@ class SegmenterConfig:
         MONAI layer-factory names (SPEC: PReLU, instance norm).
     dropout
         Dropout probability.
+    kernel_size, up_kernel_size
+        Convolution kernel sizes of the encoder/residual units and of the decoder's transposed convolutions.
+    bias
+        Convolutions have a bias.
+    adn_ordering
+        Order of norm (N), dropout (D) and activation (A) after each convolution (MONAI's ``adn_ordering``).
+
+    The last four are MONAI ``UNet``'s own defaults; they are stored so that a model file describes its
+    constructor completely (e.g. an imported SynthStroke network, :mod:`qmricore.synthstroke`).
     """
 
     classes: str = "binary"
@@ -98,6 +107,10 @@ class SegmenterConfig:
     act: str = "PRELU"
     norm: str = "INSTANCE"
     dropout: float = 0.0
+    kernel_size: int = 3
+    up_kernel_size: int = 3
+    bias: bool = True
+    adn_ordering: str = "NDA"
 
     def __post_init__(self) -> None:
         if self.classes not in CLASS_SETS:
@@ -109,6 +122,10 @@ class SegmenterConfig:
         _check_channels(self.channels, self.strides, "SegmenterConfig")
         if self.in_channels < 1 or self.num_res_units < 0 or not 0.0 <= self.dropout < 1.0:
             raise ParameterError("SegmenterConfig: need in_channels >= 1, num_res_units >= 0, 0 <= dropout < 1")
+        if self.kernel_size < 1 or self.up_kernel_size < 1 or self.kernel_size % 2 == 0 or self.up_kernel_size % 2 == 0:
+            raise ParameterError("SegmenterConfig: kernel_size and up_kernel_size must be odd positive integers")
+        if sorted(self.adn_ordering) != sorted(set(self.adn_ordering)) or not set(self.adn_ordering) <= set("NDA"):
+            raise ParameterError(f"SegmenterConfig: adn_ordering must be letters of 'NDA', got {self.adn_ordering!r}")
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -299,6 +316,10 @@ def build_segmenter(config: SegmenterConfig) -> nn.Module:
         act=config.act,
         norm=config.norm,
         dropout=config.dropout,
+        kernel_size=config.kernel_size,
+        up_kernel_size=config.up_kernel_size,
+        bias=config.bias,
+        adn_ordering=config.adn_ordering,
     )
 
 

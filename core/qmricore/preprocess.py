@@ -21,8 +21,9 @@ grids are the same (a 1 mm RAS input) it returns the data unchanged.
 Intensities
 -----------
 :func:`normalise_intensity` applies :class:`~qmricore.model_file.PreprocessConfig`: a robust histogram
-normalisation (clip to the 0.5 and 99.5 percentiles of the image, then scale linearly to [0, 1]) and a
-z-score (mean 0, standard deviation 1 over the whole image, or over voxels above the lower percentile).
+normalisation (clip to the 0.5 and 99.5 percentiles of the image, then scale linearly to [0, 1]) or MONAI's
+``HistogramNormalize`` (histogram equalisation onto 0-255, 256 bins: SynthStroke's), and a z-score (mean 0,
+standard deviation 1 over the whole image, or over voxels above the lower percentile).
 """
 
 from __future__ import annotations
@@ -58,18 +59,30 @@ class Grid:
         return self.shape == other.shape and bool(np.allclose(self.affine, other.affine, atol=tol, rtol=0))
 
 
-def network_grid(grid: Grid, spacing: float = 1.0) -> Grid:
-    """The RAS-ordered grid with isotropic ``spacing`` (mm) covering the field of view of ``grid``."""
+def network_grid(grid: Grid, spacing: float = 1.0, anchor: str = "centred") -> Grid:
+    """The RAS-ordered grid with isotropic ``spacing`` (mm) covering the field of view of ``grid``.
+
+    ``anchor="centred"``: ``round(n·v/spacing)`` voxels per axis, centred on the input's field of view.
+    ``anchor="first-voxel"``: MONAI ``Spacing``'s grid (``compute_shape_offset``): the first voxel centre of
+    the RAS-ordered input is kept and an axis gets ``round((n-1)·v/spacing) + 1`` voxels, so a pipeline of
+    MONAI ``Orientation("RAS")`` + ``Spacing`` and this one sample the same points.
+    """
     ornt = nib.orientations.io_orientation(grid.affine)
     canonical = grid.affine @ nib.orientations.inv_ornt_aff(ornt, grid.shape)
     shape_c = np.array(grid.shape)[ornt[:, 0].astype(int)]
     zooms = np.sqrt((canonical[:3, :3] ** 2).sum(axis=0))
     directions = canonical[:3, :3] / zooms
-    new_shape = np.maximum(1, np.round(shape_c * zooms / spacing)).astype(int)
-    centre = canonical[:3, :3] @ ((shape_c - 1) / 2.0) + canonical[:3, 3]
     affine = np.eye(4)
     affine[:3, :3] = directions * spacing
-    affine[:3, 3] = centre - affine[:3, :3] @ ((new_shape - 1) / 2.0)
+    if anchor == "first-voxel":
+        new_shape = np.maximum(1, np.round((shape_c - 1) * zooms / spacing) + 1).astype(int)
+        affine[:3, 3] = canonical[:3, 3]
+    elif anchor == "centred":
+        new_shape = np.maximum(1, np.round(shape_c * zooms / spacing)).astype(int)
+        centre = canonical[:3, :3] @ ((shape_c - 1) / 2.0) + canonical[:3, 3]
+        affine[:3, 3] = centre - affine[:3, :3] @ ((new_shape - 1) / 2.0)
+    else:
+        raise ValueError(f"network_grid: anchor must be 'centred' or 'first-voxel', got {anchor!r}")
     return Grid(tuple(int(s) for s in new_shape), affine)
 
 
@@ -140,6 +153,11 @@ def normalise_intensity(image: np.ndarray, config: PreprocessConfig, *, path: ob
             raise InputError("image intensities are constant between the normalisation percentiles", path)
         x = (np.clip(x, low, high) - low) / (high - low)
         floor = 0.0
+    elif config.normalisation == "histogram":
+        if not float(x.max()) > floor:
+            raise InputError("image intensities are constant; cannot histogram-normalise", path)
+        x = _histogram_normalise(x, config.histogram_bins, config.histogram_range)
+        floor = config.histogram_range[0]
     if config.zscore != "none":
         values = x[x > floor] if config.zscore == "foreground" else x
         if values.size < 2:
@@ -151,11 +169,20 @@ def normalise_intensity(image: np.ndarray, config: PreprocessConfig, *, path: ob
     return x.astype(np.float32, copy=False)
 
 
+def _histogram_normalise(image: np.ndarray, bins: int, value_range: tuple[float, float]) -> np.ndarray:
+    """MONAI's ``HistogramNormalize(num_bins=bins, min=value_range[0], max=value_range[1])`` (its own code)."""
+    from monai.transforms import HistogramNormalize
+
+    low, high = value_range
+    out = HistogramNormalize(num_bins=bins, min=low, max=high, dtype=np.float32)(image)
+    return np.asarray(out.cpu().numpy() if isinstance(out, torch.Tensor) else out, dtype=np.float32)
+
+
 def preprocess(data: np.ndarray, grid: Grid, config: PreprocessConfig, *, path: object | None = None) -> tuple[
     torch.Tensor, Grid
 ]:
     """Image on its grid -> normalised image ``(1, 1, X, Y, Z)`` on the network grid, and that grid."""
-    target = network_grid(grid, config.spacing)
+    target = network_grid(grid, config.spacing, config.grid)
     image = torch.as_tensor(np.asarray(data, dtype=np.float32)).unsqueeze(0)
     resliced = resample(image, grid, target)[0].numpy()
     normalised = normalise_intensity(resliced, config, path=path)
