@@ -9,9 +9,10 @@ OUT    ?= out
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt core/pyproject.toml
+$(STAMP): requirements.txt requirements-anatomy.txt core/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -r requirements-anatomy.txt
 	$(PY) -m pip install -q --no-deps -e core
 	touch $(STAMP)
 

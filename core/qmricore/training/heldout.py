@@ -51,12 +51,24 @@ def _mp2rage(rng: np.random.Generator) -> dict[str, float]:
 def make_set(labels_path: str | Path, n: int, crop: Sequence[int] | None = None,
              contrasts: Sequence[str] = CONTRASTS, lesion: dict[str, Any] | None = None) -> dict[str, Any]:
     """Generate ``n`` images per contrast: ``{"items": [{"contrast", "seed", "image", "truth"}], ...}``."""
-    from ..generators.pipeline import PipelineConfig, apply_sample, draw_sample, with_voxel_size
-    from ..generators.qsynth import SequenceDraw
     from ..io import read_volume
 
     volume = read_volume(labels_path, what="label map")
     labels = torch.from_numpy(np.rint(volume.data).astype(np.int64))
+    held_out = make_set_from_labels(labels, volume.zooms, n, crop, contrasts, lesion)
+    return {"labels": str(labels_path), **held_out}
+
+
+def make_set_from_labels(labels: torch.Tensor, zooms: Sequence[float], n: int, crop: Sequence[int] | None = None,
+                         contrasts: Sequence[str] = CONTRASTS, lesion: dict[str, Any] | None = None,
+                         seed_offset: int = 0) -> dict[str, Any]:
+    """:func:`make_set` for a label map in memory (voxel size ``zooms`` in mm); seeds start at
+    ``SEED_BASE + seed_offset``."""
+    from ..generators.pipeline import PipelineConfig, apply_sample, draw_sample, with_voxel_size
+    from ..generators.priors import load_priors
+    from ..generators.qsynth import SequenceDraw
+
+    lesion_label = load_priors().label_of("lesion")
     items = []
     for c, contrast in enumerate(contrasts):
         options: dict[str, Any] = {"mode": "qsynth", "lesion_prob": 1.0,
@@ -64,19 +76,19 @@ def make_set(labels_path: str | Path, n: int, crop: Sequence[int] | None = None,
                                    "augment": {"crop": list(crop) if crop else None}}
         if lesion:
             options["lesion"] = lesion
-        config = with_voxel_size(PipelineConfig.from_dict(options), volume.zooms)
+        config = with_voxel_size(PipelineConfig.from_dict(options), tuple(zooms))
         for i in range(n):
-            seed = SEED_BASE + 1000 * c + i
+            seed = SEED_BASE + seed_offset + 1000 * c + i
             draw = draw_sample(labels, config, seed)
             if contrast == "mp2rage":
                 mp2rage = SequenceDraw("mp2rage", _mp2rage(np.random.default_rng(seed)))
                 draw = dataclasses.replace(draw, sequence=mp2rage)
             sample = apply_sample(labels, draw, config)
-            truth = (sample.label == 6).to(torch.uint8)
+            truth = (sample.label == lesion_label).to(torch.uint8)
             if truth.any():
                 items.append({"contrast": contrast, "seed": seed, "sequence": draw.sequence.to_dict(),
                               "image": sample.image[0].clone(), "truth": truth})
-    return {"labels": str(labels_path), "voxel_size": list(volume.zooms), "items": items}
+    return {"voxel_size": list(zooms), "items": items}
 
 
 def score(held_out: dict[str, Any], model_paths: Sequence[str | Path], tta: bool = False) -> dict[str, Any]:

