@@ -108,6 +108,10 @@ class EstimatorSampler:
             sets.append({k: torch.from_numpy(v).to(self.device) for k, v in map_set.maps.items()})
         return sets
 
+    def check_data(self) -> None:
+        """Read and check every map set (errors name the folder or file), before a run writes anything."""
+        _ = self.map_sets
+
     def sample(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         from ..augment import AugmentConfig, apply_intensity, apply_spatial, draw_augment, sampling_grid
         from ..generators.qsynth import draw_qatlas_mprage
