@@ -406,7 +406,8 @@ def check_output_location(path: str | os.PathLike[str], *, folder: bool = False)
         existing = existing.parent
     if not existing.is_dir():
         raise InputError(f"cannot create the output there: {existing} is a file, not a folder", path)
-    if not os.access(existing, os.W_OK | os.X_OK):
+    effective = os.access in os.supports_effective_ids  # the user the process acts as (setuid, seteuid)
+    if not os.access(existing, os.W_OK | os.X_OK, effective_ids=effective):
         reason = "read-only file system" if _read_only_mount(existing) else "permission denied"
         raise InputError(f"cannot write into {existing} ({reason})", path)
 
