@@ -213,7 +213,7 @@ BAD_PARAMS = [
     ("fse", {"tr": 1.0, "te": -0.01}, r"fse: TE must be > 0 s, got -0.01"),
     ("gre", {"tr": 0.02, "te": 0.004, "flip": 0.0}, r"gre: flip angle must be > 0 degrees, got 0"),
     ("gre", {"tr": 0.02, "te": 0.004, "flip": -5.0}, r"gre: flip angle must be > 0 degrees, got -5"),
-    ("mp2rage", {**PARAMS["mp2rage"], "flip2": 0.0}, r"mp2rage: flip angle must be > 0 degrees, got 0"),
+    ("mp2rage", {**PARAMS["mp2rage"], "flip2": 0.0}, r"mp2rage: second flip angle must be > 0 degrees, got 0"),
     ("flair", {"tr": 9.0, "te": 0.1, "ti": 0.0}, r"flair: TI must be > 0 s, got 0"),
     ("mprage", {**PARAMS["mprage"], "tx": 0.0}, r"mprage: TX must be > 0 s, got 0"),
     ("mprage", {**PARAMS["mprage"], "ti": 0.5}, r"mprage: TI \(0.5 s\) is shorter than the 88 readout pulses .*TA = "
