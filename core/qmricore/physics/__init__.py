@@ -250,10 +250,12 @@ def _noisy_uni(t: Mapping[str, torch.Tensor], p: Mapping[str, Any], snr: float, 
         s1, s2 = s1 * t["b1r"], s2 * t["b1r"]
     sigma = noise_sigma(s2.abs(), snr, reference)
 
-    def noisy(s: torch.Tensor) -> torch.Tensor:
+    def noisy(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Real and imaginary parts of ``s + noise`` (complex Gaussian noise, one draw per call)."""
         noise = torch.randn((2, *s.shape), generator=generator, dtype=s.dtype, device=s.device) * sigma
-        return torch.complex(s + noise[0], noise[1])
+        return noise[0].add_(s), noise[1]
 
-    z1, z2 = noisy(s1), noisy(s2)
-    denom = z1.abs().square() + z2.abs().square()
-    return (z1.conj() * z2).real / denom.clamp(min=torch.finfo(denom.dtype).tiny)
+    # Re(conj(z1) z2) / (|z1|^2 + |z2|^2) in real arithmetic: no complex temporaries.
+    (x1, y1), (x2, y2) = noisy(s1), noisy(s2)
+    denom = torch.mul(x1, x1).addcmul_(y1, y1).addcmul_(x2, x2).addcmul_(y2, y2)
+    return torch.mul(x1, x2).addcmul_(y1, y2).div_(denom.clamp_(min=torch.finfo(denom.dtype).tiny))
