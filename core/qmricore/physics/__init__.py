@@ -55,7 +55,7 @@ SEQUENCES: dict[str, SequenceSpec] = {
         SequenceSpec("mprage", "MPRAGE", ("tr", "ti", "tx", "te", "flip", "n"), ("r2s",), sequences.mprage,
                      {"eta": 1.0}),
         SequenceSpec("mp2rage", "MP2RAGE uniform image (UNI)", ("tr", "ti", "ti2", "tx", "te", "flip", "flip2", "n"),
-                     ("r2s",), sequences.mp2rage_uni, {"eta": 1.0}),
+                     ("r2s",), sequences.mp2rage_uni_lookup, {"eta": 1.0}),
     )
 }
 

@@ -20,6 +20,7 @@ by the caller (:func:`qmricore.physics.simulate`), not here.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -225,3 +226,70 @@ def mp2rage_uni(pd: Tensor, r1: Tensor, r2s: Tensor, *, tr: float, ti: float, ti
     ratio = _angle(b1t, flip)[1] / _angle(b1t, flip2)[1]
     has_signal = torch.minimum(pd, r1).clamp_(min=0.0).sign_()  # 1 where pd > 0 and r1 > 0, else 0 (NaN: 0 in _uni)
     return _uni(_affine(y1, ratio, -ratio).mul_(has_signal), _affine(y2, 1.0, -1.0))
+
+
+#: UNI lookup over R1 (float32 maps, uniform transmit field): nodes on [0, UNI_TABLE_R1_MAX) 1/s (T1 >= 100 ms);
+#: a slice with R1 outside, NaN, or a transmit-field volume is evaluated directly.
+UNI_TABLE_R1_MAX = 10.0
+#: Largest linear-interpolation error accepted at the midpoints between nodes: half a float32 ulp of 0.5.
+#: The table has 2^16 nodes, or 2^17 where that is needed (else there is no table); building it costs ~1 % of
+#: a 1 mm volume's direct evaluation.
+UNI_TABLE_TOLERANCE = 3e-8
+
+
+@functools.lru_cache(maxsize=16)
+def _uni_table64(tr: float, ti: float, ti2: float, tx: float, flip: float, flip2: float, n: int, b1t: float | None,
+                 eta: float) -> Tensor | None:
+    """Rows ``(UNI(R1_i), UNI(R1_i+1) - UNI(R1_i))`` at ``R1_i = i h`` (float64), or None if no size is fine enough.
+
+    Node 0 holds the limit R1 -> 0+ (extrapolated); R1 = 0 itself has no signal and is masked by the caller.
+    """
+    from ._backend import evaluate_chunked, single_thread  # as simulate() evaluates: no OpenMP contention
+
+    params = dict(tr=tr, ti=ti, ti2=ti2, tx=tx, te=0.0, flip=flip, flip2=flip2, n=n, b1t=b1t, eta=eta)
+    with single_thread():
+        for size in (2**16, 2**17):
+            step = UNI_TABLE_R1_MAX / size
+            r1 = torch.arange(2 * size + 6, dtype=torch.float64).mul_(0.5 * step)  # nodes and midpoints
+            f = evaluate_chunked(mp2rage_uni, {"pd": torch.ones_like(r1), "r1": r1, "r2s": r1},
+                                 torch.empty_like(r1), **params)
+            nodes, mids = f[0::2].clone(), f[1::2]
+            nodes[0] = 3 * nodes[1] - 3 * nodes[2] + nodes[3]
+            rows = torch.stack((nodes[: size + 1], nodes[1 : size + 2] - nodes[: size + 1]), dim=1)
+            if (rows[:, 0] + 0.5 * rows[:, 1] - mids[: size + 1]).abs().max() <= UNI_TABLE_TOLERANCE:
+                return rows
+    return None
+
+
+@functools.lru_cache(maxsize=16)
+def _uni_table(key: tuple, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor] | None:
+    """:func:`_uni_table64` as two contiguous columns (values, slopes) in ``dtype`` on ``device``."""
+    rows = _uni_table64(*key)
+    return None if rows is None else tuple(rows.to(dtype=dtype, device=device).T.contiguous())
+
+
+def mp2rage_uni_lookup(pd: Tensor, r1: Tensor, r2s: Tensor, *, tr: float, ti: float, ti2: float, tx: float,
+                       te: float, flip: float, flip2: float, n: int, b1t: Field = None, eta: float = 1.0) -> Tensor:
+    """:func:`mp2rage_uni` by linear interpolation in a table over R1, for float32 maps and a uniform b1t.
+
+    With a uniform transmit field UNI is a function of R1 alone, tabulated once per parameter set in float64
+    at nodes ``h = UNI_TABLE_R1_MAX / size`` apart, ``size`` the smallest power of two whose interpolation
+    error at the midpoints is <= :data:`UNI_TABLE_TOLERANCE` (half a float32 ulp of 0.5; the direct float32
+    evaluation is ~1e-5 off float64, from cancellation in ``1 - cos a E(TX)``).  Anything else (float64
+    maps, a GPU, a b1t volume, a slice with R1 < 0, R1 >= UNI_TABLE_R1_MAX or NaN, no table fine enough)
+    goes to :func:`mp2rage_uni`.  Same signature and masking (``pd <= 0`` or ``r1 <= 0`` give 0).
+    """
+    params = dict(tr=tr, ti=ti, ti2=ti2, tx=tx, flip=flip, flip2=flip2, n=n, eta=eta)
+    uniform = not (isinstance(b1t, Tensor) and b1t.dim() > 0)
+    if uniform and r1.dtype == torch.float32 and r1.device.type == "cpu":  # a GPU evaluates directly in one pass
+        key = (tr, ti, ti2, tx, flip, flip2, n, None if b1t is None else float(b1t), eta)
+        table = _uni_table(key, r1.dtype, r1.device)
+        low, high = torch.aminmax(r1)
+        if table is not None and bool(low >= 0) and bool(high < UNI_TABLE_R1_MAX):  # False for NaN
+            values, slopes = table
+            position = r1.reshape(-1) * (float(values.numel() - 1) / UNI_TABLE_R1_MAX)  # in units of h, >= 0
+            index = position.int()  # floor; index_select is the fastest gather on the CPU
+            uni = torch.addcmul(values.index_select(0, index), slopes.index_select(0, index), position.frac_())
+            has_signal = torch.minimum(pd, r1).clamp_(min=0.0).sign_()  # 1 where pd > 0 and r1 > 0 (NaN: 0)
+            return uni.view(r1.shape).mul_(has_signal)
+    return mp2rage_uni(pd, r1, r2s, te=te, b1t=b1t, **params)
