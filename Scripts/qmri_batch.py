@@ -116,8 +116,15 @@ def run(args: argparse.Namespace) -> int:
     segmentLogic = QMRISegmentLogic(scene)
     sequence, params = protocols.preset(args.preset)
     settings = SimulationSettings(sequence, params, snr=args.snr, seed=args.seed)
+    from qmricore.io import atomic_file, check_outputs, ensure_folder, find_hmri_maps, nifti_stem
+
     rows = []
     subjects = mapSetFolders(args.input)
+    # every file the batch reads: never an output (checked before anything is written)
+    inputs = [p for folder in subjects for p in find_hmri_maps(folder).values()]
+    if not subjects:
+        inputs = [p for p in args.input.iterdir() if nifti_stem(p) and not p.name.startswith(".")]
+    check_outputs([args.out / "lesion_volumes.csv"] if args.segment else [], inputs, folders=[args.out])
     if not subjects and not args.segment:
         print(f"qmri_batch: error: {args.input}: no map set found (needs *_PD, *_R1, *_R2s .nii[.gz])", file=sys.stderr)
         return 2
@@ -129,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
         output = synth.simulateVolume(nodes, settings)
         output.SetName(f"{name}_{slug(args.preset)}")
         stem = args.out / name / f"{name}_{slug(args.preset)}"
+        check_outputs([Path(f"{stem}.nii.gz"), Path(f"{stem}_lesion.nii.gz") if args.segment else None],
+                      [*inputs, args.model])
         written = synth.exportNifti(output, Path(f"{stem}.nii.gz"))
         print(f"{name}: {args.preset} -> {written}")
         if args.segment:
@@ -138,18 +147,17 @@ def run(args: argparse.Namespace) -> int:
         for node in (*nodes.values(), output):
             scene.RemoveNode(node)
     if not subjects:  # plain images: segment each
-        from qmricore.io import nifti_stem
-
-        for path in sorted(p for p in args.input.iterdir() if nifti_stem(p) and not p.name.startswith(".")):
+        for path in sorted(inputs):
             node = loadImage(scene, path)
             stem = args.out / nifti_stem(path)
+            check_outputs([Path(f"{stem}_lesion.nii.gz")], [*inputs, args.model])
             ml, voxels = segmentAndWrite(segmentLogic, node, "FLAIR", args, stem)
             rows.append((nifti_stem(path), path.name, f"{ml:.4f}", voxels))
             print(f"{path.name}: lesion {ml:.3f} mL ({voxels} voxels)")
             scene.RemoveNode(node)
     if rows:
-        args.out.mkdir(parents=True, exist_ok=True)
-        with open(args.out / "lesion_volumes.csv", "w", newline="") as handle:
+        ensure_folder(args.out)
+        with atomic_file(args.out / "lesion_volumes.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(("subject", "image", "lesion_ml", "lesion_voxels"))
             writer.writerows(rows)
@@ -164,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except (QMRIError, RuntimeError) as error:  # one line for the user; RuntimeError: a failed worker
         print(f"qmri_batch: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"qmri_batch: error: {where}{error.strerror or error}", file=sys.stderr)
         return 2
 
 

@@ -56,7 +56,8 @@ def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("model:") == 1  # only rank 0 reports (and writes)
 
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.json", "model.pt", "train_log.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.prev.pt", "checkpoint.pt", "config.json", "model.pt",
+                                                  "train_log.jsonl"]
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     steps = [e for e in log if "loss" in e]
     assert [e["iteration"] for e in steps] == [1, 2, 3, 4, 5, 6]  # one line per step: rank 0 alone logs

@@ -4,7 +4,7 @@ The floor is measured in the same run on the same maps: one pass that reads ever
 reads and writes one freshly allocated output volume (the least any per-voxel simulator must do).
 Also timed: a plain numpy GRE (the naive baseline).  Prints a table of times and ratios.
 
-    .venv/bin/python bench/bench_simulate.py [--repeats 7] [--threads N] [--device cuda]
+    .venv/bin/python bench/bench_simulate.py [--repeats 7] [--threads N] [--device cuda] [--sequences mp2rage,gre]
 """
 
 from __future__ import annotations
@@ -87,7 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--sequences", default=None,
+                        help="comma-separated subset to time, e.g. mp2rage,gre (default: all; the numpy "
+                             "baseline runs with gre)")
     args = parser.parse_args(argv)
+    presets = {"gre": "T1 SPGR", "fse": "3T T2 FSE", "flair": "3T FLAIR", "mprage": "MPRAGE ADNI-like",
+               "mp2rage": "MP2RAGE 3T"}
+    chosen = list(presets) if args.sequences is None else [s.strip() for s in args.sequences.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in presets]
+    if unknown or not chosen:
+        parser.error(f"--sequences: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(presets)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
@@ -97,9 +106,8 @@ def main(argv: list[str] | None = None) -> int:
           f"median of {args.repeats}")
     print(f"{'sequence':<18}{'maps read':<22}{'floor ms':>10}{'simulate ms':>13}{'ratio':>8}")
     rows = []
-    presets = {"gre": "T1 SPGR", "fse": "3T T2 FSE", "flair": "3T FLAIR", "mprage": "MPRAGE ADNI-like",
-               "mp2rage": "MP2RAGE 3T"}
-    for sequence, name in presets.items():
+    for sequence in chosen:
+        name = presets[sequence]
         _, params = protocols.preset(name)
         reads = READS[sequence]
         used = {k: maps[k] for k in dict.fromkeys(("pd", "r1", "r2s", *reads)) if k in maps}
@@ -108,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                                     physics.simulate(s, u, **p), args.repeats, sync)
         rows.append((sequence, t_floor, t_sim))
         print(f"{sequence:<18}{','.join(read):<22}{t_floor * 1e3:>10.1f}{t_sim * 1e3:>13.1f}{t_sim / t_floor:>8.2f}")
-    if args.device == "cpu":
+    if args.device == "cpu" and "gre" in chosen:
         np_maps = {k: maps[k].numpy() for k in ("pd", "r1", "r2s")}
         three = {k: maps[k] for k in ("pd", "r1", "r2s")}
         t_floor, t_np = timed_pair(lambda: floor(three), lambda: numpy_gre(**np_maps, tr=0.02, te=0.004, flip=25.0),

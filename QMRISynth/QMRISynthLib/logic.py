@@ -144,7 +144,7 @@ class QMRISynthLogic:
         mapSet = load_map_set(folder=folder, r1_unit=r1Unit)
         nodes = {}
         for key, data in mapSet.maps.items():
-            volume = type(mapSet.reference)(data=data, affine=mapSet.reference.affine)
+            volume = type(mapSet.reference)(data=data, affine=mapSet.reference.affine, path=mapSet.files[key])
             node = mrmlio.nodeFromVolume(self.scene, volume, f"{Path(folder).name}_{MAP_TITLES[key]}")
             node.SetAttribute(MAP_ATTRIBUTE, key)
             nodes[key] = node

@@ -16,7 +16,10 @@ import slicer.util
 import vtk
 
 from qmricore.errors import InputError
-from qmricore.io import Volume, read_volume, write_nifti
+from qmricore.io import Volume, check_outputs, read_volume, write_nifti
+
+#: Node attribute holding the file a volume node was read from (headless loads have no storage node).
+SOURCE_ATTRIBUTE = "QMRI.SourceFile"
 
 #: Largest difference (mm) between two IJK-to-RAS matrices that still counts as the same grid.
 GEOMETRY_TOLERANCE = 1e-4
@@ -97,7 +100,10 @@ def nodeFromVolume(scene: Any, volume: Volume, name: str, className: str = "vtkM
                    dtype: Any = np.float32) -> Any:
     """A new volume node from a :class:`qmricore.io.Volume` (IJK data, RAS affine)."""
     data = np.asarray(volume.data).astype(dtype, copy=False)
-    return addVolumeNode(scene, np.ascontiguousarray(data.transpose(2, 1, 0)), volume.affine, name, className)
+    node = addVolumeNode(scene, np.ascontiguousarray(data.transpose(2, 1, 0)), volume.affine, name, className)
+    if volume.path is not None:
+        node.SetAttribute(SOURCE_ATTRIBUTE, str(volume.path))  # what exportNifti must never overwrite
+    return node
 
 
 def volumeFromNode(node: Any, what: str = "volume") -> Volume:
@@ -120,12 +126,30 @@ def loadVolumeFile(scene: Any, path: str | Path, name: str | None = None, labelM
     return nodeFromVolume(scene, volume, stem)
 
 
+def sceneSourceFiles(scene: Any) -> list[Path]:
+    """Every file a volume node of ``scene`` was loaded from (storage nodes and :data:`SOURCE_ATTRIBUTE`)."""
+    files = []
+    if scene is None:
+        return files
+    nodes = scene.GetNodesByClass("vtkMRMLVolumeNode")
+    for index in range(nodes.GetNumberOfItems()):
+        node = nodes.GetItemAsObject(index)
+        storage = node.GetStorageNode()
+        if storage is not None and storage.GetFileName():
+            files.append(Path(storage.GetFileName()))
+        if node.GetAttribute(SOURCE_ATTRIBUTE):
+            files.append(Path(node.GetAttribute(SOURCE_ATTRIBUTE)))
+    return files
+
+
 def exportNifti(node: Any, path: str | Path) -> Path:
     """Write a volume node to ``.nii``/``.nii.gz`` atomically with its IJK-to-RAS as the affine.
 
     When the node was loaded from a NIfTI file with the same grid, that file's header (qform/sform codes,
-    units) is kept.
+    units) is kept.  A path that is a file any volume of the scene was loaded from is refused
+    (:func:`qmricore.io.check_outputs`): an export never overwrites an input.
     """
+    check_outputs([path], sceneSourceFiles(node.GetScene()))
     volume = volumeFromNode(node)
     like = volume
     if volume.path is not None and volume.path.is_file():

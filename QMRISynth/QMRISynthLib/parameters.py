@@ -10,7 +10,8 @@ the same ranges (a test checks), and :class:`ScriptedNodeParameters` stores the 
 Sequence-parameter ranges and defaults come from :mod:`qmricore.protocols` (the one place where the
 sampling distributions and presets live): the slider range of a parameter is the hull of every sampling
 distribution's support and every preset value, widened by :data:`SLIDER_REACH` where a slider should
-reach further than the samplers do, and rounded outwards to one significant digit.  Times are seconds,
+reach further than the samplers do, rounded outwards to one significant digit, and kept inside
+:data:`qmricore.physics.PARAMETER_BOUNDS` (the one table of what a scanner can do).  Times are seconds,
 angles degrees.
 """
 
@@ -22,7 +23,7 @@ from functools import cache
 from typing import Any
 
 from qmricore import protocols
-from qmricore.physics import SEQUENCES
+from qmricore.physics import PARAMETER_BOUNDS, SEQUENCES
 
 #: Sequence parameters with a slider (int for the readout-pulse count ``n``), in panel order.
 SEQUENCE_PARAMETERS = ("tr", "te", "ti", "flip", "tx", "n", "ti2", "flip2")
@@ -139,7 +140,9 @@ def sequenceParameterRange(name: str) -> tuple[float, float]:
             highs.append(float(value))
     if name == "n":  # a count: the hull as it is
         return float(max(1, math.floor(min(lows)))), float(math.ceil(max(highs)))
-    return _round_out(max(min(lows), 0.0), up=False), _round_out(max(highs), up=True)
+    bound_low, bound_high, _ = PARAMETER_BOUNDS[name]  # never beyond what a scanner (and simulate) accepts
+    low = _round_out(max(min(lows), 0.0), up=False)
+    return (low if low > bound_low else SLIDER_REACH[name][0]), min(_round_out(max(highs), up=True), bound_high)
 
 
 @cache

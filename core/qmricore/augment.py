@@ -152,6 +152,10 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+#: Largest crop side in voxels (512³ float32 is 0.5 GB per channel; beyond that is a typo, not a brain).
+MAX_CROP = 512
+
+
 def crop_shape(in_shape: Sequence[int], crop: int | Sequence[int] | None) -> Shape3:
     """The output shape for an input of ``in_shape`` and a crop setting (``None``: the input shape)."""
     if crop is None:
@@ -159,6 +163,9 @@ def crop_shape(in_shape: Sequence[int], crop: int | Sequence[int] | None) -> Sha
     c = (crop,) * 3 if isinstance(crop, (int, np.integer)) else tuple(crop)
     if len(c) != 3 or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in c):
         raise ParameterError(f"crop must be a positive int or three positive ints, got {crop!r}")
+    if max(c) > MAX_CROP:
+        raise ParameterError(f"crop {crop!r} is larger than {MAX_CROP} voxels per side "
+                             f"({int(c[0]) * int(c[1]) * int(c[2]) * 4 / 1e9:.3g} GB per float32 channel)")
     return (int(c[0]), int(c[1]), int(c[2]))
 
 

@@ -59,22 +59,25 @@ class LabelMap:
 
 
 def read_label_map(path: str | os.PathLike[str], priors: Any | None = None) -> LabelMap:
-    """Read and validate a hard label map: 3D, integer values, not empty, only the priors' labels.
+    """Read and validate a hard label map: 3D, integer values, not empty, only the priors' labels, and some
+    brain-tissue voxels (a class other than background and non-brain).
 
     Errors are :class:`~qmricore.errors.InputError` naming the file and the problem.
     """
-    from .generators.priors import load_priors
+    from .generators.priors import check_brain_tissue, load_priors
     from .generators.qsynth import class_weights
 
+    priors = priors or load_priors()
     volume = read_volume(path, what="label map")
     data = volume.data
     if not np.array_equal(data, np.round(data)):
         raise InputError("label map: has non-integer values (labels must be integers)", path)
     labels = np.round(data).astype(np.int64)
     try:
-        class_weights(labels, priors or load_priors())
+        class_weights(labels, priors)
     except InputError as error:
         raise InputError(error.problem, path) from None
+    check_brain_tissue(labels, priors.names, priors.labels, path)
     return LabelMap(labels, volume)
 
 

@@ -7,6 +7,9 @@
   (R1 in 1/ms, T1 in ms or s, R2* in 1/ms, B1 in percent), listing every conversion in ``notes``.
 * :func:`write_nifti` writes an image on the grid of a reference volume atomically (temporary file in
   the target folder, then :func:`os.replace`), so a failure never leaves a half-written file.
+* :func:`check_outputs` is the one output guard every command calls before it reads or computes anything
+  heavy: an output that is (resolves to) one of the command's inputs, an output named twice, and an output
+  whose folder cannot be created or written are refused with one line naming the path.
 
 Unit rules of :func:`load_map_set` (``median`` = median over the map's positive voxels)
 -------------------------------------------------------------------------------------
@@ -39,7 +42,7 @@ import gzip
 import os
 import re
 import uuid
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +55,8 @@ from .errors import InputError
 from .physics import MAP_KEYS, REQUIRED_MAPS
 
 __all__ = ["Volume", "MapSet", "read_volume", "write_nifti", "load_map_set", "find_hmri_maps", "nifti_stem",
+           "atomic_file", "clear_stale_temps", "ensure_folder", "check_outputs", "check_output_location",
+           "same_file", "os_error_text",
            "MAP_KEYS", "REQUIRED_MAPS", "R1_UNITS", "R2S_UNITS", "R2_UNITS", "NEGATIVE_TOLERANCE"]
 
 R1_UNITS = ("auto", "1/s", "1/ms", "T1_ms", "T1_s")
@@ -271,27 +276,91 @@ def write_nifti(path: str | os.PathLike[str], data: Any, like: Volume) -> Path:
     return path
 
 
+#: Temporary files of :func:`atomic_file`: ``.<name>.<12 hex>-<pid>.tmp`` (``.<name>.<12 hex>.tmp`` before).
+_TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{12}(?:-(\d+))?\.tmp$")
+#: Age after which a temporary file without a process id (older versions) counts as abandoned.
+_LEGACY_TEMP_AGE_S = 600.0
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: it exists but belongs to someone else
+        return True
+    return True
+
+
+def clear_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files that killed :func:`atomic_file` writes left in ``folder``.
+
+    A temporary file carries the id of the process writing it; it is abandoned when that process no longer
+    exists on this machine (files of older versions, without an id, after :data:`_LEGACY_TEMP_AGE_S`).
+    Returns the files removed.  (On a folder shared by several machines a live writer elsewhere looks dead
+    here; its rename then fails with a clear error and the run can be repeated.)
+    """
+    import time
+
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        if match is None:
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            pid = match.group(1)
+            stale = (not _process_alive(int(pid))) if pid else now - entry.stat().st_mtime > _LEGACY_TEMP_AGE_S
+            if stale:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            continue
+    return removed
+
+
+def os_error_text(error: OSError) -> str:
+    """``strerror`` of an OS error (``"Permission denied"``), else its one-line text."""
+    return error.strerror or _one_line(error)
+
+
 @contextmanager
 def atomic_file(path: str | os.PathLike[str], mode: str = "wb", **open_args: Any) -> Iterator[IO[Any]]:
     """Write ``path`` atomically: yield a hidden temporary file in the same folder, then flush, fsync and
     :func:`os.replace` it onto ``path`` (and fsync the folder, so the rename survives a crash).
 
-    On any exception, or if the process dies, ``path`` is untouched and the temporary file is removed (or,
-    after a kill, left as ``.<name>.<hex>.tmp``).  The file gets the usual permissions (umask), unlike
-    :func:`tempfile.mkstemp`'s owner-only 0600.  The folder must exist.
+    On any exception ``path`` is untouched and the temporary file is removed; a process killed mid-write
+    leaves ``.<name>.<hex>-<pid>.tmp``, which the next write into that folder removes
+    (:func:`clear_stale_temps`).  Every OS error (permission, read-only file system, disk full) becomes an
+    :class:`~qmricore.errors.InputError` naming ``path``.  The file gets the usual permissions (umask),
+    unlike :func:`tempfile.mkstemp`'s owner-only 0600.  The folder must exist.
     """
     path = Path(path)
     if not path.parent.is_dir():
         raise InputError("output folder does not exist", path.parent)
-    temp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    clear_stale_temps(path.parent)
+    temp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}-{os.getpid()}.tmp"
     try:
         with open(temp, mode.replace("w", "x"), **open_args) as stream:
             yield stream
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
+    except BaseException as error:
+        try:
+            temp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if isinstance(error, OSError):
+            raise InputError(f"cannot write the file ({os_error_text(error)})", path) from error
         raise
     try:
         folder = os.open(path.parent, os.O_RDONLY)
@@ -301,6 +370,98 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "wb", **open_args: Any
             os.close(folder)
     except OSError:  # pragma: no cover - folders cannot be opened on Windows
         pass
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether two paths name one file: equal after resolving symlinks and ``..`` (and case, where the file
+    system ignores it), or the same existing file (hard links, case-insensitive file systems)."""
+    a, b = Path(a), Path(b)
+    if os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b)):
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output_location(path: str | os.PathLike[str], *, folder: bool = False) -> None:
+    """Refuse an output that cannot be written, before any work: ``path`` (a file, or with ``folder=True``
+    an output folder) must not be a folder (a file), and its nearest existing parent must be a writable
+    folder (not a file, not read-only).
+
+    Raises
+    ------
+    InputError
+        One line naming the path and the reason.
+    """
+    path = Path(path)
+    if path.exists():
+        if folder and not path.is_dir():
+            raise InputError("output folder exists and is not a folder", path)
+        if not folder and path.is_dir():
+            raise InputError("output is a folder; give a file name", path)
+    target = path if folder else path.parent
+    existing = target
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"cannot create the output there: {existing} is a file, not a folder", path)
+    effective = os.access in os.supports_effective_ids  # the user the process acts as (setuid, seteuid)
+    if not os.access(existing, os.W_OK | os.X_OK, effective_ids=effective):
+        reason = "read-only file system" if _read_only_mount(existing) else "permission denied"
+        raise InputError(f"cannot write into {existing} ({reason})", path)
+
+
+def _read_only_mount(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # pragma: no cover - no statvfs on Windows
+        return False
+
+
+def check_outputs(outputs: Iterable[str | os.PathLike[str] | None],
+                  inputs: Iterable[str | os.PathLike[str] | None], *,
+                  folders: Iterable[str | os.PathLike[str] | None] = ()) -> None:
+    """The output guard of every command (call it before reading data or computing).
+
+    Parameters
+    ----------
+    outputs
+        Every file the command will write (``None`` entries are ignored).
+    inputs
+        Every file the command reads, including those it finds in input folders by name.
+    folders
+        Output folders the command creates or writes into.
+
+    Raises
+    ------
+    InputError
+        An output is one of the inputs (after resolving symlinks, ``..`` and case), an output is named twice,
+        or an output cannot be written there (see :func:`check_output_location`).  Nothing is written.
+    """
+    sources = [Path(p) for p in inputs if p is not None]
+    seen: list[Path] = []
+    for folder in folders:
+        if folder is not None:
+            check_output_location(folder, folder=True)
+    for out in (Path(p) for p in outputs if p is not None):
+        for source in sources:
+            if same_file(out, source):
+                shown = "" if str(source) == str(out) else f" ({source})"
+                raise InputError(f"is an input of this command{shown}; refusing to overwrite it: choose another "
+                                 "output", out)
+        for other in seen:
+            if same_file(out, other):
+                raise InputError(f"is given twice as an output (also as {other})", out)
+        seen.append(out)
+        check_output_location(out)
+
+
+def ensure_folder(folder: str | os.PathLike[str]) -> Path:
+    """Create an output folder and its missing parents; an OS error is one :class:`InputError` line."""
+    folder = Path(folder)
+    _make_parents(folder)
+    return folder
 
 
 def _make_parents(folder: Path) -> list[Path]:
@@ -315,7 +476,7 @@ def _make_parents(folder: Path) -> list[Path]:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise InputError(f"cannot create the folder ({error.strerror or _one_line(error)})", folder) from error
+        raise InputError(f"cannot create the folder ({os_error_text(error)})", folder) from error
     return missing
 
 

@@ -275,11 +275,41 @@ def match_by_name(predictions: Sequence[Path], truths: Sequence[Path]) -> list[t
     return pairs
 
 
-def evaluate_pairs(pairs: Iterable[EvaluationPair]) -> list[dict[str, Any]]:
+def binary_mask(data: np.ndarray, path: object, what: str, label: int | None = None) -> np.ndarray:
+    """The boolean mask a mask file means: its non-zero voxels when it is binary (values 0 and one other),
+    or the voxels equal to ``label``.
+
+    Raises
+    ------
+    InputError
+        Non-integer values (a probability map: threshold it first), or more than one non-zero value without
+        ``label`` (a label map: say which class with ``label``), or ``label`` not present anywhere.
+    """
+    from .errors import InputError
+
+    values = np.unique(data)
+    if not np.array_equal(values, np.round(values)):
+        sample = next(float(v) for v in values if v != round(float(v)))
+        raise InputError(f"{what}: float-valued mask (e.g. {sample:.4g}); a binary mask is needed: threshold "
+                         "the probabilities first", path)
+    nonzero = [int(v) for v in values if v != 0]
+    if label is None:
+        if len(nonzero) > 1:
+            shown = ", ".join(str(v) for v in nonzero[:8]) + (", ..." if len(nonzero) > 8 else "")
+            raise InputError(f"{what}: not a binary mask (labels {shown}); pass --label K to score class K", path)
+        return data != 0
+    if label not in nonzero and nonzero:
+        raise InputError(f"{what}: has no voxel of label {label} (labels {', '.join(map(str, nonzero[:8]))})",
+                         path)
+    return data == label
+
+
+def evaluate_pairs(pairs: Iterable[EvaluationPair], label: int | None = None) -> list[dict[str, Any]]:
     """Per-pair rows ``{subject, modality, model, dice, hd95, truth_ml, prediction_ml, prediction, truth}``.
 
-    Files are read with :func:`qmricore.io.read_volume` (clear InputError for bad files); a mask is
-    every non-zero voxel.
+    Files are read with :func:`qmricore.io.read_volume` (clear InputError for bad files) and turned into
+    masks by :func:`binary_mask`: binary masks as they are, label maps only with ``label`` (the class to
+    score), float-valued masks refused.
     """
     from .io import read_volume
 
@@ -287,7 +317,9 @@ def evaluate_pairs(pairs: Iterable[EvaluationPair]) -> list[dict[str, Any]]:
     for pair in pairs:
         pred = read_volume(pair.prediction, what="prediction")
         truth = read_volume(pair.truth, what="ground truth")
-        scores = score_pair(pred.data, pred.affine, truth.data, truth.affine)
+        p = binary_mask(pred.data, pair.prediction, "prediction", label)
+        t = binary_mask(truth.data, pair.truth, "ground truth", label)
+        scores = score_pair(p, pred.affine, t, truth.affine)
         rows.append(
             {
                 "subject": pair.subject,

@@ -213,7 +213,7 @@ BAD_PARAMS = [
     ("fse", {"tr": 1.0, "te": -0.01}, r"fse: TE must be > 0 s, got -0.01"),
     ("gre", {"tr": 0.02, "te": 0.004, "flip": 0.0}, r"gre: flip angle must be > 0 degrees, got 0"),
     ("gre", {"tr": 0.02, "te": 0.004, "flip": -5.0}, r"gre: flip angle must be > 0 degrees, got -5"),
-    ("mp2rage", {**PARAMS["mp2rage"], "flip2": 0.0}, r"mp2rage: flip angle must be > 0 degrees, got 0"),
+    ("mp2rage", {**PARAMS["mp2rage"], "flip2": 0.0}, r"mp2rage: second flip angle must be > 0 degrees, got 0"),
     ("flair", {"tr": 9.0, "te": 0.1, "ti": 0.0}, r"flair: TI must be > 0 s, got 0"),
     ("mprage", {**PARAMS["mprage"], "tx": 0.0}, r"mprage: TX must be > 0 s, got 0"),
     ("mprage", {**PARAMS["mprage"], "ti": 0.5}, r"mprage: TI \(0.5 s\) is shorter than the 88 readout pulses .*TA = "
@@ -291,3 +291,32 @@ def test_cuda_equals_cpu(sequence: str) -> None:
     noisy_a = run(sequence, tmaps, snr=10.0, seed=5)
     noisy_b = run(sequence, tmaps, snr=10.0, seed=5)
     assert torch.equal(noisy_a, noisy_b)
+
+
+@pytest.mark.parametrize("b1t", [None, 0.9])
+@pytest.mark.parametrize("params", [PARAMS["mp2rage"], {**PARAMS["mp2rage"], "n": 1, "eta": 0.96}])
+def test_mp2rage_lookup_matches_the_float64_equation(params: dict, b1t: float | None) -> None:
+    """float32 UNI comes from the R1 table (CPU); it agrees with the float64 (Bloch-checked) equation to 2e-7,
+    closer than the direct float32 evaluation (~3e-5); R1 = 0 and PD = 0 give 0; R1 beyond the table falls back."""
+    from qmricore.physics import sequences
+
+    rng = np.random.default_rng(5)
+    r1 = rng.uniform(0.0, sequences.UNI_TABLE_R1_MAX, 4000).astype(np.float32)
+    r1[:3] = [0.0, 1e-4, np.nextafter(np.float32(sequences.UNI_TABLE_R1_MAX), 0)]
+    maps = {"pd": rng.uniform(0.5, 1.0, 4000).astype(np.float32), "r1": r1,
+            "r2s": rng.uniform(5, 30, 4000).astype(np.float32)}
+    maps["pd"][3] = 0.0
+    if b1t is not None:
+        maps["b1t"] = b1t
+    key = tuple(params[k] for k in ("tr", "ti", "ti2", "tx", "flip", "flip2", "n")) + (b1t, params.get("eta", 1.0))
+    assert sequences._uni_table64(*key) is not None
+    exact = simulate("mp2rage", {k: np.float64(v) if np.isscalar(v) else v.astype(np.float64)
+                                 for k, v in maps.items()}, **params)
+    got = simulate("mp2rage", maps, **params)
+    assert got.dtype == np.float32 and got[0] == 0 and got[3] == 0
+    assert np.abs(got - exact).max() < 2e-7
+    beyond = {k: np.append(maps[k], value).astype(np.float32)
+              for k, value in (("pd", 1.0), ("r1", sequences.UNI_TABLE_R1_MAX), ("r2s", 10.0))}
+    field = None if b1t is None else torch.tensor(b1t, dtype=torch.float32)  # as simulate() converts it
+    direct = sequences.mp2rage_uni(*(torch.from_numpy(beyond[k]) for k in ("pd", "r1", "r2s")), b1t=field, **params)
+    np.testing.assert_array_equal(simulate("mp2rage", {**beyond, "b1t": b1t}, **params), direct.numpy())

@@ -114,14 +114,14 @@ def draw_montage(panels: list[tuple[str, np.ndarray]], affine: np.ndarray, path:
     fig.suptitle("qmricore demo: mid axial slice, anterior up, radiological (patient's right on the left)",
                  color="white", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp.png")
+    from ..io import atomic_file, ensure_folder
+
+    ensure_folder(path.parent)
     try:
-        fig.savefig(temp, dpi=100, facecolor="black")
-        temp.replace(path)
+        with atomic_file(path) as stream:
+            fig.savefig(stream, format="png", dpi=100, facecolor="black")
     finally:
         plt.close(fig)
-        temp.unlink(missing_ok=True)
     return path
 
 
@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..errors import ParameterError
-    from ..io import load_map_set, write_nifti
+    from ..io import atomic_file, check_outputs, load_map_set, write_nifti
     from ..physics import simulate
     from ..protocols import preset, preset_names
     from ..sample_data import LABEL_FILE, LABELS, sample_dir
@@ -149,6 +149,10 @@ def run(args: argparse.Namespace) -> int:
     head = map_set.maps["pd"] > 0
     inside = {key: value[head] for key, value in map_set.maps.items()}
     out = Path(args.out)
+    names = [slugify(name) for name in preset_names()]
+    outputs = [out / f"{stem}{tail}.nii.gz" for stem in names for tail in ("", f"_snr{args.snr:g}")]
+    check_outputs([*outputs, out / MONTAGE, out / MANIFEST], [*map_set.files.values(), folder / LABEL_FILE],
+                  folders=[out])
     print(f"sample maps: {folder} ({' x '.join(map(str, map_set.reference.shape))}); device {device}")
 
     manifest: dict[str, Any] = {"sample": str(folder), "snr": args.snr, "snr_reference": "white matter (label 2)",
@@ -180,9 +184,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"montage {montage}")
     manifest["montage"] = montage.name
     manifest_path = out / MANIFEST
-    temp = manifest_path.with_name(f".{MANIFEST}.tmp")
-    temp.write_text(json.dumps(manifest, indent=2) + "\n")
-    temp.replace(manifest_path)
+    with atomic_file(manifest_path, "w") as stream:
+        stream.write(json.dumps(manifest, indent=2) + "\n")
     print(f"manifest {manifest_path}")
     print(f"done in {time.perf_counter() - total:.1f} s")
     return 0

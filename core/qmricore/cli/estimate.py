@@ -36,13 +36,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..inference import estimate_maps, resolve_device
-    from ..io import read_volume, write_nifti
+    from ..io import check_outputs, read_volume, write_nifti
     from ..model_file import load_model
     from .segment import warnings_to_stderr
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError("output must be a folder", out)
+    check_outputs([out / f"{args.prefix}{name}.nii.gz" for name in FILE_NAMES.values()], [args.input, args.model],
+                  folders=[out])
     device = resolve_device(args.device)
     volume = read_volume(args.input, what="MPRAGE")
     model = load_model(args.model, device="cpu")

@@ -33,7 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "(relative paths are relative to the CSV's folder)")
     parser.add_argument("--model", default="", help="model tag for all predictions given with --pred")
     parser.add_argument("--modality", default="", help="modality tag for all predictions given with --pred")
-    parser.add_argument("--out", required=True, metavar="CSV", help="per-subject results table (.csv)")
+    parser.add_argument("--label", type=int, metavar="K",
+                        help="score class K of label-map masks (default: masks must be binary, 0 and one value)")
+    parser.add_argument("--out", required=True, metavar="CSV",
+                        help="per-subject results table (.csv); its folder is created if needed")
     parser.set_defaults(run=run)
 
 
@@ -99,25 +102,29 @@ def _pairs_from_manifest(path: Path) -> list:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError, ParameterError
+    from ..io import check_outputs, ensure_folder
     from ..metrics import csv_text, evaluate_pairs, summarise, summary_markdown, write_text
 
     out = Path(args.out)
     if out.suffix.lower() != ".csv":
         raise InputError("output must end in .csv", out)
-    if not out.parent.is_dir():
-        raise InputError("output folder does not exist", out.parent)
     if bool(args.manifest) == bool(args.pred):
         raise ParameterError("give either --pred (with --truth) or --manifest")
+    if args.label is not None and args.label == 0:
+        raise ParameterError("--label 0 is the background; give the class to score (e.g. --label 1)")
     pairs = _pairs_from_manifest(Path(args.manifest)) if args.manifest else _pairs_from_names(args)
     for pair in pairs:
         for path in (pair.prediction, pair.truth):
             if not path.is_file():
                 raise InputError("file not found", path)
-    rows = evaluate_pairs(pairs)
+    outputs = [out, out.with_name(out.stem + "_summary.csv"), out.with_suffix(".md")]
+    inputs = [p for pair in pairs for p in (pair.prediction, pair.truth)]
+    check_outputs(outputs, [*inputs, args.manifest])
+    rows = evaluate_pairs(pairs, label=args.label)
     summary = summarise(rows)
     markdown = summary_markdown(summary)
-    texts = {out: csv_text(rows), out.with_name(out.stem + "_summary.csv"): csv_text(summary),
-             out.with_suffix(".md"): markdown}
+    texts = dict(zip(outputs, (csv_text(rows), csv_text(summary), markdown), strict=True))
+    ensure_folder(out.parent)
     for path, text in texts.items():
         write_text(path, text)
     print(markdown, end="")

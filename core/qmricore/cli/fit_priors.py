@@ -3,8 +3,9 @@
 Map folders are read with :func:`qmricore.io.load_map_set` (hMRI names ``*_PD``, ``*_R1``, ``*_R2s``,
 ``*_MT``), label maps with :func:`qmricore.io.read_volume`; the i-th label file belongs to the i-th
 folder and must be on its grid.  Label values are those of ``--classes`` (default: the shipped
-priors: 0 background, 1 GM, 2 WM, 3 GM/WM partial volume, 4 CSF, 5 non-brain, 6 lesion); classes or maps
-with no data keep the ``--classes`` priors.  The output is written atomically.
+priors: 0 background, 1 GM, 2 WM, 3 GM/WM partial volume, 4 CSF, 5 non-brain, 6 lesion); a label map without
+brain-tissue voxels is an error; classes or maps with no data keep the ``--classes`` priors (each is reported as
+a note).  The output folder is created if needed; the output is written atomically and never onto an input.
 """
 
 from __future__ import annotations
@@ -57,17 +58,19 @@ def _subjects(maps: list[str], labels: list[str]) -> Iterator[tuple[dict[str, An
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..generators.priors import fit_priors, load_priors
+    from ..io import check_outputs, ensure_folder, find_hmri_maps
 
     if len(args.maps) != len(args.labels):
         raise InputError(f"got {len(args.maps)} map folder(s) but {len(args.labels)} label file(s); "
                          "give one label map per folder")
     out = Path(args.out)
-    if not out.parent.is_dir():
-        raise InputError("output folder does not exist", out.parent)
     if out.is_dir():
         raise InputError("output is a folder; give a .json file name", out)
+    map_files = [p for folder in args.maps for p in find_hmri_maps(folder).values()]
+    check_outputs([out], [*args.labels, *map_files, args.classes])
     table = load_priors(args.classes)
     priors = fit_priors(_subjects(args.maps, args.labels), table, names=args.labels)
+    ensure_folder(out.parent)
     priors.save(out)
     for note in priors.notes[1:]:
         print(f"note: {note}", file=sys.stderr)

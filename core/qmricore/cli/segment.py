@@ -58,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError, ParameterError
     from ..inference import resolve_device, segment
-    from ..io import nifti_stem, read_volume, write_nifti
+    from ..io import check_outputs, nifti_stem, read_volume, write_nifti
     from ..model_file import load_model
 
     modalities = args.modality or []
@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     for path in outputs:
         if nifti_stem(path) is None:
             raise InputError("output must end in .nii or .nii.gz", path)
+    check_outputs(outputs, [*args.input, args.model])
     device = resolve_device(args.device)
     volumes = [read_volume(p, what="input image") for p in args.input]
     model = load_model(args.model, device="cpu")

@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ..io import load_map_set, write_nifti
+    from ..io import check_outputs, load_map_set, write_nifti
     from ..physics import rescale_field_strength, simulate
 
     device = args.device
@@ -193,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
     files = {k: getattr(args, k) for k in MAP_OPTIONS}
     mapset = load_map_set(files, folder=args.hmri_folder, r1_unit=args.r1_unit, r2s_unit=args.r2s_unit,
                           r2_unit=args.r2_unit)
+    check_outputs([job.output for job in jobs], mapset.files.values(), folders=[args.out])
     for note in mapset.notes:
         _say("note", note)
     maps = dict(mapset.maps)

@@ -1,7 +1,8 @@
 """``qmricore synth``: synthetic training samples (image, label, parameters) from label maps.
 
-Everything is read and checked first (label maps, lesion masks and their grids, priors, device);
-nothing is written when any input is bad.  Each sample is written atomically as
+Everything is read and checked first (label maps, lesion masks and their grids, priors, device, the output
+folder); nothing is written when any input is bad.  A folder holding samples of an earlier run is refused
+(they would mix with the new ones) unless ``--replace`` removes them first.  Each sample is written atomically as
 ``sample_NNNN_image.nii.gz``, ``sample_NNNN_label.nii.gz`` and ``sample_NNNN_params.json`` on the
 input's grid moved to the crop origin.  Sample ``i`` is ``SyntheticDataset(labels, ...)[i]`` with the
 same seed (:func:`qmricore.datasets.sample_seed`).
@@ -41,7 +42,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--lesion-prob", type=float, default=None, metavar="P",
                         help="probability of a synthetic lesion when no --lesions are given "
                              "(default: the pipeline default)")
+    parser.add_argument("--replace", action="store_true",
+                        help="remove the samples of an earlier run in --out first (default: refuse such a folder)")
     parser.set_defaults(run=run)
+
+
+def older_samples(out: object) -> list:
+    """Files of earlier samples (``sample_NNNN_image/label.nii.gz``, ``_params.json``) in folder ``out``."""
+    import re
+    from pathlib import Path
+
+    folder = Path(out)
+    if not folder.is_dir():
+        return []
+    pattern = re.compile(r"^sample_\d{4,}_(image\.nii\.gz|label\.nii\.gz|params\.json)$")
+    return sorted(p for p in folder.iterdir() if pattern.match(p.name))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,17 +65,23 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from ..datasets import SyntheticDataset, write_sample
+    from ..datasets import SyntheticDataset, sample_paths, write_sample
     from ..errors import InputError, ParameterError
     from ..generators.pipeline import PipelineConfig
     from ..generators.priors import load_priors
+    from ..io import check_outputs
 
     if args.n < 1:
         raise ParameterError(f"-n must be >= 1, got {args.n}")
     if args.seed < 0:
         raise ParameterError(f"--seed must be >= 0, got {args.seed}")
-    if args.crop is not None and args.crop < 1:
-        raise ParameterError(f"--crop must be >= 1 voxel, got {args.crop}")
+    if args.crop is not None:
+        from ..augment import crop_shape
+
+        try:
+            crop_shape((1, 1, 1), args.crop)
+        except ParameterError as error:
+            raise ParameterError(f"--crop: {error}") from None
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ParameterError("--device cuda requested but CUDA is not available")
     out = Path(args.out)
@@ -79,6 +100,18 @@ def run(args: argparse.Namespace) -> int:
     dataset = SyntheticDataset(args.labels, config, length=args.n, base_seed=args.seed, device=args.device,
                                lesions=args.lesions, priors=priors)
     dataset.check_inputs()
+    outputs = [p for i in range(args.n) for p in sample_paths(out, i).values()]
+    inputs = [*dataset.files, *dataset.lesion_files, args.priors]
+    check_outputs(outputs, inputs, folders=[out])
+    older = older_samples(out)
+    check_outputs(older, inputs)  # --replace never removes an input
+    if older and not args.replace:
+        raise InputError(f"holds {len(older)} file(s) of earlier samples ({older[0].name}, ...); choose an empty "
+                         "folder or pass --replace to remove them first", out)
+    for path in older:
+        path.unlink()
+    if older:
+        print(f"removed {len(older)} file(s) of earlier samples from {out}")
 
     # generate and write, one sample at a time
     for index in tqdm(range(args.n), desc="qmricore synth", unit="sample", disable=None):

@@ -264,6 +264,26 @@ def _class_table(
     return names, labels, None
 
 
+#: Classes that are not brain tissue: a label map needs voxels of some other class to be used (SPEC §13).
+NON_BRAIN_CLASSES = ("background", "non_brain")
+
+
+def brain_labels(names: Iterable[str], values: Iterable[int]) -> list[int]:
+    """Label values of the brain-tissue classes (every class but :data:`NON_BRAIN_CLASSES`)."""
+    return [int(v) for n, v in zip(names, values, strict=True) if n not in NON_BRAIN_CLASSES]
+
+
+def check_brain_tissue(labels: np.ndarray, names: Iterable[str], values: Iterable[int], what: object) -> None:
+    """Raise :class:`InputError` naming ``what`` when ``labels`` has no voxel of a brain-tissue class."""
+    names, values = list(names), list(values)
+    brain = brain_labels(names, values)
+    if brain and not np.isin(labels, brain).any():
+        present = sorted(int(v) for v in np.unique(labels))
+        raise InputError(f"label map has no brain-tissue voxels (labels present: {present}; brain classes: "
+                         + ", ".join(f"{n}={v}" for n, v in zip(names, values, strict=True) if v in brain) + ")",
+                         what)
+
+
 def _label_indices(labels: np.ndarray, values: list[int], what: str) -> np.ndarray:
     """Class index per voxel (int64) from integer label values; unknown values raise InputError."""
     arr = np.asarray(labels)
@@ -318,13 +338,16 @@ def fit_priors(
     means: dict[str, list[list[float]]] = {p: [[] for _ in range(n_cls)] for p in PARAMETERS}
     stds: dict[str, list[list[float]]] = {p: [[] for _ in range(n_cls)] for p in PARAMETERS}
     count = 0
+    total_vox = np.zeros(n_cls, dtype=np.float64)
     for s, (maps, labels) in enumerate(subjects):
         what = subject_names[s] if subject_names and s < len(subject_names) else f"subject {s + 1}"
         labels = np.asarray(labels)
         if labels.ndim != 3:
             raise InputError(f"label map must be 3D, got shape {labels.shape}", what)
         idx = _label_indices(labels, values, what).ravel()
+        check_brain_tissue(labels, cls_names, values, what)
         n_vox = np.bincount(idx, minlength=n_cls).astype(np.float64)
+        total_vox += n_vox
         for p in PARAMETERS:
             if maps.get(p) is None:
                 continue
@@ -367,6 +390,9 @@ def fit_priors(
         priors.append(per)
     sources = {"fitted": f"fitted by qmricore.generators.fit_priors from {count} subject(s)"}
     notes = [f"fitted from {count} subject(s)"]
+    empty = [name for name, n in zip(cls_names, total_vox, strict=True) if n == 0]
+    if empty:
+        notes.append("no voxels in any label map for class(es): " + ", ".join(empty))
     if used_fallback and fallback is not None:
         sources.update(fallback.sources)
         notes.append("kept from the class table's priors (no data): " + ", ".join(used_fallback))

@@ -27,7 +27,7 @@ import torch
 
 from .. import protocols
 from ..errors import InputError, ParameterError
-from ..physics import check_parameters
+from ..physics import PARAMETER_BOUNDS, check_parameters
 from ._texture import smooth_noise
 from .priors import PARAMETERS, TissuePriors
 
@@ -353,6 +353,11 @@ def _ranges(name: str) -> tuple[tuple[str, str, float, float], ...]:
         if fields is None:
             raise ParameterError(f"sampling range {name}.{key}: unknown distribution {kind!r}")
         a, b = (float(spec[f]) for f in fields)
+        if kind in ("uniform", "loguniform") and key in PARAMETER_BOUNDS:
+            low, high, unit = PARAMETER_BOUNDS[key]
+            if not (a > low and b <= high):
+                raise ParameterError(f"sampling range {name}.{key}: [{a:g}, {b:g}] leaves the scanner bounds "
+                                     f"({low:g}, {high:g}] {unit} of qmricore.physics.PARAMETER_BOUNDS")
         if kind == "loguniform" and not (0 < a <= b):
             raise ParameterError(f"sampling range {name}.{key}: loguniform needs 0 < low <= high")
         if kind == "lognormal" and not (a > 0 and b >= 0):

@@ -23,7 +23,7 @@ from ._backend import ArrayLike, compute_dtype, evaluate_chunked, like_input, to
 from .field_strength import rescale_field_strength
 from .noise import noise_sigma, rician_noise
 
-__all__ = ["SEQUENCES", "SequenceSpec", "simulate", "check_parameters", "rescale_field_strength",
+__all__ = ["SEQUENCES", "SequenceSpec", "PARAMETER_BOUNDS", "simulate", "check_parameters", "rescale_field_strength",
            "noise_sigma", "rician_noise", "sequences"]
 
 MAP_KEYS = ("pd", "r1", "r2s", "mt", "r2", "b1t", "b1r")
@@ -55,9 +55,38 @@ SEQUENCES: dict[str, SequenceSpec] = {
         SequenceSpec("mprage", "MPRAGE", ("tr", "ti", "tx", "te", "flip", "n"), ("r2s",), sequences.mprage,
                      {"eta": 1.0}),
         SequenceSpec("mp2rage", "MP2RAGE uniform image (UNI)", ("tr", "ti", "ti2", "tx", "te", "flip", "flip2", "n"),
-                     ("r2s",), sequences.mp2rage_uni, {"eta": 1.0}),
+                     ("r2s",), sequences.mp2rage_uni_lookup, {"eta": 1.0}),
     )
 }
+
+
+#: What a scanner can do, per sequence parameter: ``(lowest, highest, unit)``; lowest is exclusive (every
+#: time and angle must be > 0), highest inclusive.  The one table of bounds: :func:`check_parameters` (so the
+#: CLI, presets and Slicer) enforces it, the training samplers' ranges are checked against it
+#: (:mod:`qmricore.generators.qsynth`) and the Slicer sliders stay inside it.  A time above its bound that
+#: would fit once divided by 1000 gets a "looks like milliseconds" hint (the interface is seconds).
+PARAMETER_BOUNDS: dict[str, tuple[float, float, str]] = {
+    "tr": (0.0, 20.0, "s"),
+    "te": (0.0, 3.0, "s"),  # the FSE training sampler reaches 3 s (SPEC §5)
+    "ti": (0.0, 10.0, "s"),
+    "ti2": (0.0, 10.0, "s"),
+    "tx": (0.0, 0.1, "s"),
+    "flip": (0.0, 180.0, "degrees"),
+    "flip2": (0.0, 180.0, "degrees"),
+}
+
+
+def _check_bound(sequence: str, key: str, value: float) -> None:
+    low, high, unit = PARAMETER_BOUNDS[key]
+    name = "flip angle" if key == "flip" else "second flip angle" if key == "flip2" else key.upper()
+    if not value > low:
+        raise ParameterError(f"{sequence}: {name} must be > {low:g} {unit}, got {value:g}")
+    if value > high:
+        hint = ""
+        if unit == "s" and low < value / 1000.0 <= high:
+            hint = f"; {value:g} looks like milliseconds: times are in seconds ({value / 1000.0:g} s)"
+        raise ParameterError(f"{sequence}: {name} = {value:g} {unit} is beyond what a scanner uses "
+                             f"(at most {high:g} {unit}){hint}")
 
 
 def _need(cond: bool, message: str) -> None:
@@ -69,8 +98,9 @@ def check_parameters(sequence: str, params: Mapping[str, Any]) -> dict[str, Any]
     """Validate sequence parameters and return them complete (defaults filled in).
 
     Raises :class:`~qmricore.errors.ParameterError` (a ``ValueError``) naming the problem: unknown or
-    missing parameters, non-finite values, TR/TE/TX <= 0, flip <= 0, and infeasible timings
-    (TE >= TR, TI + TE >= TR, MPRAGE TA < 0 or TD < 0, TE >= TX).
+    missing parameters, non-finite values, values outside :data:`PARAMETER_BOUNDS` (TR/TE/TI/TX <= 0 or beyond
+    what a scanner uses, with a hint when a time looks like milliseconds; flip <= 0 or > 180 degrees), and
+    infeasible timings (TE >= TR, TI + TE >= TR, MPRAGE TA < 0 or TD < 0, TE >= TX).
     """
     spec = SEQUENCES.get(sequence)
     if spec is None:
@@ -84,14 +114,9 @@ def check_parameters(sequence: str, params: Mapping[str, Any]) -> dict[str, Any]
     p = {**defaults, **{k: v for k, v in params.items() if v is not None}}
     for key, value in p.items():
         _need(isinstance(value, (int, float)) and math.isfinite(value), f"{sequence}: {key} must be a finite number")
-    for key in ("tr", "te", "tx"):
+    for key in PARAMETER_BOUNDS:
         if key in p:
-            _need(p[key] > 0, f"{sequence}: {key.upper()} must be > 0 s, got {p[key]:g}")
-    for key in ("flip", "flip2"):
-        if key in p:
-            _need(p[key] > 0, f"{sequence}: flip angle must be > 0 degrees, got {p[key]:g}")
-    if "ti" in p:
-        _need(p["ti"] > 0, f"{sequence}: TI must be > 0 s, got {p['ti']:g}")
+            _check_bound(sequence, key, p[key])
     if "eta" in p:
         _need(0 <= p["eta"] <= 1, f"{sequence}: inversion efficiency eta must be in [0, 1], got {p['eta']:g}")
 
@@ -225,10 +250,12 @@ def _noisy_uni(t: Mapping[str, torch.Tensor], p: Mapping[str, Any], snr: float, 
         s1, s2 = s1 * t["b1r"], s2 * t["b1r"]
     sigma = noise_sigma(s2.abs(), snr, reference)
 
-    def noisy(s: torch.Tensor) -> torch.Tensor:
+    def noisy(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Real and imaginary parts of ``s + noise`` (complex Gaussian noise, one draw per call)."""
         noise = torch.randn((2, *s.shape), generator=generator, dtype=s.dtype, device=s.device) * sigma
-        return torch.complex(s + noise[0], noise[1])
+        return noise[0].add_(s), noise[1]
 
-    z1, z2 = noisy(s1), noisy(s2)
-    denom = z1.abs().square() + z2.abs().square()
-    return (z1.conj() * z2).real / denom.clamp(min=torch.finfo(denom.dtype).tiny)
+    # Re(conj(z1) z2) / (|z1|^2 + |z2|^2) in real arithmetic: no complex temporaries.
+    (x1, y1), (x2, y2) = noisy(s1), noisy(s2)
+    denom = torch.mul(x1, x1).addcmul_(y1, y1).addcmul_(x2, x2).addcmul_(y2, y2)
+    return torch.mul(x1, x2).addcmul_(y1, y2).div_(denom.clamp_(min=torch.finfo(denom.dtype).tiny))

@@ -37,6 +37,8 @@ from ..model_file import atomic_torch_save
 
 FORMAT = "qmricore-checkpoint-1"
 CHECKPOINT_NAME = "checkpoint.pt"
+#: The checkpoint before the latest, kept to fall back on when the latest cannot be read.
+PREVIOUS_NAME = "checkpoint.prev.pt"
 
 
 def capture_rng() -> dict[str, Any]:
@@ -104,8 +106,39 @@ def save_checkpoint(
         "scheduler": scheduler.state_dict(),
         "rng": rng if rng is not None else [capture_rng()],
     }
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_file():  # keep the current one as the previous (a hard link, so `path` never goes missing)
+        previous = path.with_name(PREVIOUS_NAME)
+        link = path.with_name(f".{PREVIOUS_NAME}.link")
+        link.unlink(missing_ok=True)
+        try:
+            os.link(path, link)
+        except OSError:  # no hard links on this file system: a copy
+            import shutil
+
+            shutil.copyfile(path, link)
+        os.replace(link, previous)
     return atomic_torch_save(state, path)
+
+
+def load_latest_checkpoint(folder: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+                           ) -> dict[str, Any] | None:
+    """The checkpoint of a run folder: ``checkpoint.pt``, or ``checkpoint.prev.pt`` (with a warning) when the
+    latest is missing or unreadable; ``None`` when the folder has neither."""
+    import warnings
+
+    folder = Path(folder)
+    latest, previous = folder / CHECKPOINT_NAME, folder / PREVIOUS_NAME
+    if not latest.exists() and not previous.exists():
+        return None
+    try:
+        return load_checkpoint(latest, map_location)
+    except InputError as error:
+        if not previous.is_file():
+            raise
+        warnings.warn(f"{error}; resuming from the previous checkpoint {previous}", RuntimeWarning, stacklevel=2)
+        return load_checkpoint(previous, map_location)
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -29,6 +29,10 @@ def read_config(args: argparse.Namespace, task: str) -> Any:
         if not args.resume:
             raise InputError("--config is required (except with --resume on a folder that has config.json)")
         path = args.out / "config.json"
+    if not args.resume:  # a fresh run writes OUT/config.json: never onto the config it reads
+        from ..io import check_outputs
+
+        check_outputs([args.out / "config.json"], [path])
     config = load_config(path)
     if config.task != task:
         raise InputError(f"config is for task {config.task!r}, not {task!r}", path)

@@ -261,6 +261,9 @@ class SegTrainConfig:
     loop: LoopConfig = field(default_factory=LoopConfig)
     task: str = "seg"
 
+    def __post_init__(self) -> None:
+        check_patch(self.data.patch_size, self.network.strides)
+
 
 @dataclass(frozen=True)
 class EstimatorTrainConfig:
@@ -272,6 +275,23 @@ class EstimatorTrainConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     task: str = "estimator"
+
+    def __post_init__(self) -> None:
+        check_patch(self.data.patch_size, self.network.strides)
+
+
+def check_patch(patch: tuple[int, ...] | None, strides: Any) -> None:
+    """A training patch must be a multiple of the network's total stride on every axis (else the U-Net's
+    output does not match its target)."""
+    if patch is None:
+        return
+    multiple = 1
+    for stride in strides:
+        multiple *= int(stride)
+    if any(p % multiple for p in patch):
+        example = [max(multiple, p // multiple * multiple) for p in patch]
+        raise ParameterError(f"data: patch_size {list(patch)} must be a multiple of the network's total stride "
+                             f"{multiple} on every axis (e.g. {example})")
 
 
 TrainConfig = SegTrainConfig | EstimatorTrainConfig

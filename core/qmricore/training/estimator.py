@@ -110,6 +110,11 @@ class EstimatorSampler:
             sets.append({k: torch.from_numpy(v).to(self.device) for k, v in map_set.maps.items()})
         return sets
 
+    def check_data(self) -> None:
+        """Read and check every map set or label map (errors name the folder or file), before a run writes
+        anything."""
+        _ = self.map_sets if self.data.labels is None else self.label_maps
+
     @cached_property
     def label_maps(self) -> list[torch.Tensor]:
         """The label maps of ``data.labels`` (validated against the priors), for qSynth subjects."""

@@ -34,9 +34,9 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..io import atomic_file
+from ..io import atomic_file, clear_stale_temps, ensure_folder
 from . import distributed as ddp
-from .checkpoint import CHECKPOINT_NAME, capture_rng, load_checkpoint, restore_training_state, save_checkpoint
+from .checkpoint import CHECKPOINT_NAME, capture_rng, load_latest_checkpoint, restore_training_state, save_checkpoint
 from .config import LoopConfig, OptimizerConfig, poly_factor
 
 LOG_NAME = "train_log.jsonl"
@@ -84,17 +84,25 @@ def train_with_config(config: Any, out_dir: str | os.PathLike[str], sampler: Any
                       info: Mapping[str, Any], resume: bool, device: torch.device, progress: bool) -> Path:
     """What every trainer shares around :func:`run_training`.
 
-    Rank 0 writes ``out_dir/config.json`` (kept on resume); batches come from ``sampler.batch``; the
-    exported model file carries ``config.network``, ``sampler.preprocessing``, the training patch as its
-    sliding window and ``info`` (what the model records about its training).
+    The output folder is checked first (it must be creatable and writable, and must not already hold a
+    checkpoint unless resuming), then ``sampler.check_data()`` reads every data file; only then does rank 0
+    write ``out_dir/config.json`` (kept on resume).  Batches come from ``sampler.batch``; the exported model
+    file carries ``config.network``, ``sampler.preprocessing``, the training patch as its sliding window and
+    ``info`` (what the model records about its training).
     """
+    from ..io import check_output_location, ensure_folder
     from ..model_file import WindowConfig, save_model
     from .config import config_to_dict, save_config
 
     window = WindowConfig(patch=config.data.patch_size) if config.data.patch_size else WindowConfig()
     out = Path(out_dir)
+    check_output_location(out, folder=True)
+    if (out / CHECKPOINT_NAME).exists() and not resume:
+        raise InputError("already holds a training checkpoint; pass --resume to continue it or choose another --out",
+                         out)
+    sampler.check_data()
     if os.environ.get("RANK", "0") == "0":
-        out.mkdir(parents=True, exist_ok=True)
+        ensure_folder(out)
         if not (resume and (out / "config.json").exists()):
             save_config(config, out / "config.json")
 
@@ -188,9 +196,8 @@ def run_training(
         raise InputError("already holds a training checkpoint; pass --resume to continue it or choose another --out",
                          out)
     if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in out.glob(f".{CHECKPOINT_NAME}.*.tmp"):  # left by a process killed while saving
-            stale.unlink(missing_ok=True)
+        ensure_folder(out)
+        clear_stale_temps(out)  # left by a process killed while saving
     if loop.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
@@ -199,11 +206,12 @@ def run_training(
     optimizer, scheduler = make_optimizer(model, job.optimizer, loop.iterations)
     seed_everything(loop.seed + 7919 * info.rank)  # per-process dropout streams
     start = 0
-    if resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, map_location=device)
-        start = restore_training_state(state, model, optimizer, scheduler, rank=info.rank)
+    if resume:
+        state = load_latest_checkpoint(out, map_location=device)
+        if state is not None:
+            start = restore_training_state(state, model, optimizer, scheduler, rank=info.rank)
         if info.is_main:
-            _trim_log(log_path, start)
+            _trim_log(log_path, start)  # no checkpoint yet: the steps a killed run logged are redone from 0
     ddp.barrier(info)
     net = ddp.wrap_model(model, info, device)
     net.train()

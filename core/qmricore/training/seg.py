@@ -97,6 +97,18 @@ def paired_files(images: str | os.PathLike[str], labels: str | os.PathLike[str])
     return [(image_files[name], label_files[name]) for name in sorted(image_files)]
 
 
+def check_label_values(values: np.ndarray, classes: str, path: object) -> None:
+    """Refuse a training label map whose values cannot mean classes: non-integer or negative values, or a 0/1
+    lesion mask for a class set other than 'binary'.  The error names the file."""
+    if not np.array_equal(values, np.round(values)):
+        raise InputError("label map: has non-integer values (a label map or 0/1 lesion mask is needed)", path)
+    if values.size and values.min() < 0:
+        raise InputError(f"label map: has negative values (min {values.min():g})", path)
+    if values.size and values.max() <= 1 and classes != "binary":
+        raise InputError(f"label map: is a 0/1 lesion mask, which can only train the 'binary' class set, not "
+                         f"{classes!r}", path)
+
+
 def to_classes(label: torch.Tensor, classes: str, *, mask: bool = False) -> torch.Tensor:
     """Integer class map for ``classes`` from a label map (``mask=True``: a 0/1 lesion mask)."""
     label = label.round().long() if torch.is_floating_point(label) else label.long()
@@ -165,9 +177,19 @@ class SegSampler:
             if image.shape != label.shape:
                 raise InputError(f"label map shape {label.shape} differs from its image {image.shape}", label_path)
             values = np.unique(label.data)
+            check_label_values(values, self.classes, label_path)
             pairs.append((torch.from_numpy(image.data), torch.from_numpy(np.rint(label.data).astype(np.int64)),
                           bool(values.max() <= 1)))
         return pairs
+
+    def check_data(self) -> None:
+        """Read and check every data source the config uses (errors name the file), before a run writes anything."""
+        if self.data.mode == "real" or self.data.real_fraction > 0:
+            _ = self.real_pairs
+        if self.data.mode in ("qsynth", "synth"):
+            _ = self.label_maps
+        elif self.data.mode == "qatlas":
+            _ = self.map_sets
 
     @cached_property
     def label_maps(self) -> list[tuple[torch.Tensor, tuple[float, ...]]]:
@@ -180,6 +202,7 @@ class SegSampler:
             volume = read_volume(path, what="label map")
             if not (volume.data > 0).any():
                 raise InputError("label map is empty (all zero)", path)
+            check_label_values(np.unique(volume.data), "tissue", path)
             if any(abs(z - self.preprocessing.spacing) > 1e-3 for z in volume.zooms):
                 warnings.warn(f"{path}: voxel size {volume.zooms} mm differs from preprocessing.spacing "
                               f"{self.preprocessing.spacing} mm, which inference will reslice to", stacklevel=1)

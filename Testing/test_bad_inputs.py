@@ -1,0 +1,424 @@
+"""The bad-input matrix: every sub-command, every way a demanding user can hand it bad or odd input.
+
+Each case runs the real command line (``qmricore.cli.main``, in this process: a subprocess per case would
+spend ~3 s importing torch) from a scratch folder and asserts the promise of SPEC §12-13: exit status 2,
+exactly one stderr line naming the file or option and the problem, no traceback, and nothing written or
+changed anywhere in the scratch folder (not even a temporary file).  A new sub-command adds its rows to
+:data:`CASES` (a test fails when a command has none).  Cases that need a non-root user (permissions) run the
+command in a subprocess as ``nobody`` and skip with the reason when that user cannot run this interpreter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from qmricore.cli import COMMANDS, main
+from qmricore.model_file import WindowConfig, save_model
+from qmricore.networks import EstimatorConfig, SegmenterConfig, build_estimator, build_segmenter
+
+SHAPE = (10, 10, 10)
+AFFINE = np.diag([1.0, 1.0, 1.0, 1.0])
+
+
+def _nifti(path: Path, data: np.ndarray) -> Path:
+    nib.save(nib.Nifti1Image(np.asarray(data), AFFINE), str(path))
+    return path
+
+
+def _scratch(root: Path) -> Path:
+    """A scratch folder: an hMRI map set with labels in ``same/``, masks, models, configs, a plain file."""
+    rng = np.random.default_rng(3)
+    same = root / "same"
+    same.mkdir()
+    labels = np.zeros(SHAPE, np.int16)
+    labels[2:8, 2:8, 2:8] = 2
+    labels[3:7, 3:7, 3:7] = 1
+    labels[4:6, 4:6, 4:6] = 4
+    labels[0, :, :] = 5
+    head = labels > 0
+    _nifti(same / "sample_PD.nii.gz", (head * (70 + rng.random(SHAPE))).astype(np.float32))
+    _nifti(same / "sample_R1.nii.gz", (head * (0.8 + 0.1 * rng.random(SHAPE))).astype(np.float32))
+    _nifti(same / "sample_R2s.nii.gz", (head * (15 + rng.random(SHAPE))).astype(np.float32))
+    _nifti(same / "sample_MT.nii.gz", (head * (1 + rng.random(SHAPE))).astype(np.float32))
+    _nifti(same / "sample_labels.nii.gz", labels)
+    _nifti(same / "flair.nii.gz", rng.random(SHAPE).astype(np.float32))
+    _nifti(root / "only_non_brain.nii.gz", np.where(labels > 0, 5, 0).astype(np.int16))
+    _nifti(root / "all_zero.nii.gz", np.zeros(SHAPE, np.int16))
+    for name, data in {"binary": head.astype(np.uint8), "multi": labels, "soft": rng.random(SHAPE)}.items():
+        (root / name).mkdir()
+        _nifti(root / name / "s1.nii.gz", data)
+    seg, est = SegmenterConfig(channels=(4, 8)), EstimatorConfig(channels=(4, 8))
+    window = WindowConfig(patch=(8, 8, 8))
+    save_model(root / "M.pt", build_segmenter(seg), seg, inference=window)
+    save_model(root / "E.pt", build_estimator(est), est, inference=window)
+    (root / "somefile").write_text("not a folder\n")
+    (root / "images").mkdir()
+    (root / "reallabels").mkdir()
+    (root / "softlabels").mkdir()
+    for i in range(2):
+        _nifti(root / "images" / f"s{i}.nii.gz", rng.random(SHAPE).astype(np.float32))
+        _nifti(root / "reallabels" / f"s{i}.nii.gz", head.astype(np.uint8))
+        _nifti(root / "softlabels" / f"s{i}.nii.gz", rng.random(SHAPE).astype(np.float32))
+    for name, patch, folder in (("seg", [8, 8, 8], "reallabels"), ("seg_patch", [5, 8, 8], "reallabels"),
+                                ("seg_labels", [8, 8, 8], "softlabels")):
+        config = {"task": "seg", "network": {"classes": "binary", "channels": [4, 8]},
+                  "data": {"mode": "real", "real_images": str(root / "images"), "real_labels": str(root / folder),
+                           "patch_size": patch},
+                  "loop": {"iterations": 2, "checkpoint_every": 100, "log_every": 1, "seed": 1}}
+        (root / f"{name}.json").write_text(json.dumps(config))
+    (root / "maps").mkdir()
+    shutil.copytree(same, root / "maps" / "s1", ignore=shutil.ignore_patterns("flair*", "*labels*"))
+    estimator = {"task": "estimator", "network": {"channels": [4, 8]},
+                 "data": {"map_sets": str(root / "maps"), "patch_size": [8, 8, 8]},
+                 "loop": {"iterations": 1, "checkpoint_every": 100, "log_every": 1, "seed": 1}}
+    (root / "est.json").write_text(json.dumps(estimator))
+    os.symlink(same / "sample_R1.nii.gz", root / "link_R1.nii.gz")
+    return root
+
+
+@dataclass(frozen=True)
+class Case:
+    """``argv`` (``{root}`` is the scratch folder) and a piece of the one error line."""
+
+    argv: tuple[str, ...]
+    message: str
+
+
+def _case(line: str, message: str) -> Case:
+    import shlex
+
+    return Case(tuple(shlex.split(line)), message)
+
+
+GRE = "--sequence gre --tr 0.02 --te 0.004"
+SIM = "simulate --hmri-folder {root}/same"
+#: Per sub-command: the bad inputs of issue 14 (and the ones that already passed), each with its message.
+CASES: dict[str, dict[str, Case]] = {
+    "simulate": {
+        "output = input map": _case(f'{SIM} --preset "T1 SPGR" --output {{root}}/same/sample_R1.nii.gz',
+                                    "sample_R1.nii.gz: is an input of this command"),
+        "output = input via ..": _case(f'{SIM} --preset "T1 SPGR" --output {{root}}/binary/../same/sample_R1.nii.gz',
+                                       "is an input of this command"),
+        "output = input via a symlink": _case(f'{SIM} --preset "T1 SPGR" --output {{root}}/link_R1.nii.gz',
+                                              "link_R1.nii.gz: is an input of this command"),
+        "flip above 180": _case(f"{SIM} {GRE} --flip 181 --out {{root}}/o", "flip angle = 181 degrees is beyond"),
+        "flip 360": _case(f"{SIM} {GRE} --flip 360 --out {{root}}/o", "at most 180 degrees"),
+        "times in ms": _case(f"{SIM} --sequence gre --tr 20 --te 4 --flip 25 --out {{root}}/o",
+                             "looks like milliseconds: times are in seconds (0.004 s)"),
+        "TE <= 0": _case(f"{SIM} --sequence gre --tr 0.02 --te 0 --flip 25 --out {{root}}/o", "TE must be > 0 s"),
+        "output under a file": _case(f'{SIM} --preset "T1 SPGR" --out {{root}}/somefile/o', "somefile is a file"),
+        "missing map": _case("simulate --pd {root}/nope.nii.gz --r1 {root}/same/sample_R1.nii.gz --r2s "
+                             f"{{root}}/same/sample_R2s.nii.gz {GRE} --flip 20 --out {{root}}/o",
+                             "nope.nii.gz: pd map: no such file"),
+    },
+    "demo": {
+        "output under a file": _case("demo --out {root}/somefile/d", "somefile is a file"),
+        "snr <= 0": _case("demo --out {root}/d --snr 0", "--snr must be > 0"),
+    },
+    "sample-data": {
+        "resolution below 1 mm": _case("sample-data --out {root}/sd --resolution 0.5", "resolution"),
+    },
+    "train-seg": {
+        "patch not a stride multiple": _case("train-seg --config {root}/seg_patch.json --out {root}/run",
+                                             "must be a multiple of the network's total stride"),
+        "float-valued labels": _case("train-seg --config {root}/seg_labels.json --out {root}/run",
+                                     "softlabels/s0.nii.gz: label map: has non-integer values"),
+        "output under a file": _case("train-seg --config {root}/seg.json --out {root}/somefile/run",
+                                     "somefile is a file"),
+        "config = OUT/config.json": _case("train-seg --config {root}/same/config.json --out {root}/same",
+                                          "is an input of this command"),
+    },
+    "train-estimator": {
+        "output under a file": _case("train-estimator --config {root}/est.json --out {root}/somefile/run",
+                                     "somefile is a file"),
+        "wrong task": _case("train-estimator --config {root}/seg.json --out {root}/run", "not 'estimator'"),
+    },
+    "fit-priors": {
+        "output = input labels": _case("fit-priors --maps {root}/same --labels {root}/same/sample_labels.nii.gz "
+                                       "--out {root}/same/sample_labels.nii.gz", "is an input of this command"),
+        "output = an input map": _case("fit-priors --maps {root}/same --labels {root}/same/sample_labels.nii.gz "
+                                       "--out {root}/same/sample_PD.nii.gz", "is an input of this command"),
+        "all-zero labels": _case("fit-priors --maps {root}/same --labels {root}/all_zero.nii.gz --out {root}/p.json",
+                                 "all_zero.nii.gz: label map has no brain-tissue voxels"),
+        "only non-brain labels": _case("fit-priors --maps {root}/same --labels {root}/only_non_brain.nii.gz "
+                                       "--out {root}/p.json", "has no brain-tissue voxels"),
+        "output under a file": _case("fit-priors --maps {root}/same --labels {root}/same/sample_labels.nii.gz "
+                                     "--out {root}/somefile/p.json", "somefile is a file"),
+    },
+    "synth": {
+        "only non-brain labels": _case("synth --labels {root}/only_non_brain.nii.gz --out {root}/s --crop 8",
+                                       "only_non_brain.nii.gz: label map has no brain-tissue voxels"),
+        "crop 100000": _case("synth --labels {root}/same/sample_labels.nii.gz --out {root}/s --crop 100000",
+                             "--crop: crop 100000 is larger than 512 voxels"),
+        "output under a file": _case("synth --labels {root}/same/sample_labels.nii.gz --out {root}/somefile/s "
+                                     "--crop 8", "somefile is a file"),
+    },
+    "segment": {
+        "output = input image": _case("segment --model {root}/M.pt --input {root}/same/flair.nii.gz "
+                                      "--out {root}/same/flair.nii.gz", "flair.nii.gz: is an input of this command"),
+        "output = model": _case("segment --model {root}/M.pt --input {root}/same/flair.nii.gz --out {root}/M.pt",
+                                "output must end in .nii"),
+        "two outputs the same": _case("segment --model {root}/M.pt --input {root}/same/flair.nii.gz --out "
+                                      "{root}/m.nii.gz --probabilities {root}/m.nii.gz", "is given twice as an output"),
+        "output under a file": _case("segment --model {root}/M.pt --input {root}/same/flair.nii.gz "
+                                     "--out {root}/somefile/m.nii.gz", "somefile is a file"),
+    },
+    "estimate": {
+        "output = input image": _case("estimate --model {root}/E.pt --input {root}/same/sample_PD.nii.gz "
+                                      "--out {root}/same --prefix sample_", "is an input of this command"),
+        "output under a file": _case("estimate --model {root}/E.pt --input {root}/same/flair.nii.gz "
+                                     "--out {root}/somefile/e", "somefile is a file"),
+    },
+    "evaluate": {
+        "multi-label masks": _case("evaluate --pred {root}/multi --truth {root}/binary --out {root}/r.csv",
+                                   "multi/s1.nii.gz: prediction: not a binary mask (labels 1, 2, 4, 5); pass --label"),
+        "float-valued masks": _case("evaluate --pred {root}/soft --truth {root}/binary --out {root}/r.csv",
+                                    "soft/s1.nii.gz: prediction: float-valued mask"),
+        "label 0": _case("evaluate --pred {root}/multi --truth {root}/multi --label 0 --out {root}/r.csv",
+                         "--label 0 is the background"),
+        "output under a file": _case("evaluate --pred {root}/binary --truth {root}/binary --out {root}/somefile/r.csv",
+                                     "somefile is a file"),
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _scratch(tmp_path_factory.mktemp("bad_inputs"))
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        status = main(argv)
+    except SystemExit as exit_:  # argparse errors
+        status = exit_.code
+    captured = capsys.readouterr()
+    return int(status or 0), captured.out, captured.err
+
+
+def test_every_command_has_rows() -> None:
+    assert set(CASES) == set(COMMANDS)
+
+
+@pytest.mark.parametrize("command, name", [(c, n) for c, rows in CASES.items() for n in rows])
+def test_bad_input_is_one_line_exit_2_and_nothing_written(command: str, name: str, scratch: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    case = CASES[command][name]
+    argv = [a.replace("{root}", str(scratch)) for a in case.argv]
+    before = _snapshot(scratch)
+    status, out, err = _run(argv, capsys)
+    assert status == 2, (status, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and f"qmricore {command}: error:" in lines[0], err
+    assert case.message in lines[0], lines[0]
+    assert "Traceback" not in err
+    assert _snapshot(scratch) == before  # nothing written, changed or left behind
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from qmricore import __version__
+
+    status, out, _ = _run(["--version"], capsys)
+    assert status == 0 and out.strip() == f"qmricore {__version__}"
+
+
+def test_disk_full_while_writing_is_one_line_and_leaves_no_temp(scratch: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    out = scratch / "full"
+    monkeypatch.setattr(os, "fsync", full)
+    status, _, err = _run(["fit-priors", "--maps", str(scratch / "same"), "--labels",
+                           str(scratch / "same" / "sample_labels.nii.gz"), "--out", str(out / "p.json")], capsys)
+    assert status == 2 and err.count("\n") == 1 and "p.json: cannot write the file (No space left on device)" in err
+    assert list(out.iterdir()) == []  # the created folder holds no temp file
+    out.rmdir()
+
+
+def test_evaluate_label_k_scores_one_class_and_creates_the_output_folder(scratch: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    out = scratch / "new" / "deeper" / "r.csv"
+    status, stdout, err = _run(["evaluate", "--pred", str(scratch / "multi"), "--truth", str(scratch / "multi"),
+                                "--label", "2", "--out", str(out)], capsys)
+    assert status == 0, err
+    rows = out.read_text().splitlines()
+    assert rows[0].startswith("subject,") and float(rows[1].split(",")[3]) == 1.0  # identical masks: Dice 1
+    shutil.rmtree(scratch / "new")
+
+
+def test_fit_priors_reports_classes_without_voxels(scratch: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = scratch / "fitted" / "p.json"
+    status, _, err = _run(["fit-priors", "--maps", str(scratch / "same"), "--labels",
+                           str(scratch / "same" / "sample_labels.nii.gz"), "--out", str(out)], capsys)
+    assert status == 0 and out.is_file()
+    assert "no voxels in any label map for class(es): gm_wm_pv, lesion" in err
+    shutil.rmtree(out.parent)
+
+
+def test_synth_refuses_a_folder_with_older_samples_unless_replace(scratch: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    out = scratch / "synth"
+    base = ["synth", "--labels", str(scratch / "same" / "sample_labels.nii.gz"), "--out", str(out), "--crop", "8",
+            "--mode", "synth"]
+    assert _run([*base, "-n", "2"], capsys)[0] == 0
+    before = _snapshot(out)
+    status, _, err = _run([*base, "-n", "1"], capsys)
+    assert status == 2 and "holds 6 file(s) of earlier samples" in err and _snapshot(out) == before
+    status, stdout, err = _run([*base, "-n", "1", "--replace"], capsys)
+    assert status == 0, err
+    assert "removed 6 file(s) of earlier samples" in stdout
+    assert sorted(p.name for p in out.iterdir()) == ["sample_0000_image.nii.gz", "sample_0000_label.nii.gz",
+                                                     "sample_0000_params.json"]
+    shutil.rmtree(out)
+
+
+def test_resume_before_the_first_checkpoint_does_not_repeat_log_lines(scratch: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    out = scratch / "killed"
+    out.mkdir()
+    shutil.copy(scratch / "seg.json", out / "config.json")
+    # what a run killed after two logged steps and before its first checkpoint leaves behind
+    (out / "train_log.jsonl").write_text("".join(json.dumps({"iteration": i, "loss": 1.0}) + "\n" for i in (1, 2)))
+    status, _, err = _run(["train-seg", "--out", str(out), "--resume", "--device", "cpu", "--no-progress"], capsys)
+    assert status == 0, err
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [e["iteration"] for e in log if "event" not in e] == [1, 2]
+    assert all(e.get("loss") != 1.0 for e in log)  # the killed run's lines were replaced, not kept
+    shutil.rmtree(out)
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_temp_file_of_a_killed_write_is_removed_by_the_next_write(tmp_path: Path) -> None:
+    """A real writer killed with SIGKILL inside io.atomic_file; the next write into the folder clears its temp."""
+    code = ("import sys, time; from qmricore.io import atomic_file\n"
+            "with atomic_file(sys.argv[1]) as s:\n    s.write(b'half'); s.flush(); print('in', flush=True); "
+            "time.sleep(60)\n")
+    writer = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "a.nii.gz")], stdout=subprocess.PIPE,
+                              text=True)
+    assert writer.stdout.readline().strip() == "in"
+    writer.kill()
+    writer.wait()
+    left = [p.name for p in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].startswith(".a.nii.gz.") and left[0].endswith(f"-{writer.pid}.tmp")
+    legacy = tmp_path / ".b.nii.gz.0123456789ab.tmp"  # an older version's name, an hour old
+    legacy.write_bytes(b"x")
+    os.utime(legacy, (legacy.stat().st_mtime - 3600,) * 2)
+    alive = tmp_path / f".c.nii.gz.0123456789ab-{os.getpid()}.tmp"  # a live writer's (this process)
+    alive.write_bytes(b"x")
+    from qmricore.io import Volume, write_nifti
+
+    write_nifti(tmp_path / "b.nii.gz", np.zeros((2, 2, 2), np.float32), Volume(np.zeros((2, 2, 2)), AFFINE))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [alive.name, "b.nii.gz"]
+
+
+def test_previous_checkpoint_is_kept_and_used_when_the_latest_is_corrupt(tmp_path: Path) -> None:
+    import torch
+
+    from qmricore.training.checkpoint import PREVIOUS_NAME, load_latest_checkpoint, save_checkpoint
+
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1.0)
+    for iteration in (4, 8):
+        save_checkpoint(tmp_path / "checkpoint.pt", model=model, optimizer=optimizer, scheduler=scheduler,
+                        iteration=iteration, config={}, meta={})
+    assert load_latest_checkpoint(tmp_path)["iteration"] == 8
+    assert torch.load(tmp_path / PREVIOUS_NAME, weights_only=True)["iteration"] == 4
+    (tmp_path / "checkpoint.pt").write_bytes(b"torn")
+    with pytest.warns(RuntimeWarning, match="resuming from the previous checkpoint"):
+        assert load_latest_checkpoint(tmp_path)["iteration"] == 4
+    assert load_latest_checkpoint(tmp_path / "empty") is None
+
+
+# ------------------------------------------------------------------------------------------------------------
+# permissions: as a non-root user (a read-only folder is not read-only to root).  The command runs in this
+# process with the effective user switched to 'nobody' (the interpreter itself may not be executable by
+# that user, as on machines where Python lives under /root), then switched back.
+
+PERMISSION_CASES = {
+    "evaluate": "evaluate --pred {root}/binary --truth {root}/binary --out {root}/ro/res.csv",
+    "fit-priors": "fit-priors --maps {root}/same --labels {root}/same/sample_labels.nii.gz --out {root}/ro/p.json",
+    "train-seg": "train-seg --config {root}/seg.json --out {root}/ro/run --device cpu --no-progress",
+    "train-estimator": "train-estimator --config {root}/est.json --out {root}/ro/run --device cpu --no-progress",
+    "simulate": 'simulate --hmri-folder {root}/same --preset "T1 SPGR" --out {root}/ro',
+    "synth": "synth --labels {root}/same/sample_labels.nii.gz --out {root}/ro/s --crop 8",
+    "segment": "segment --model {root}/M.pt --input {root}/same/flair.nii.gz --out {root}/ro/m.nii.gz",
+    "estimate": "estimate --model {root}/E.pt --input {root}/same/flair.nii.gz --out {root}/ro/e",
+    "demo": "demo --out {root}/ro/d",
+}
+
+
+@contextlib.contextmanager
+def _non_root():  # noqa: ANN202
+    if os.geteuid() != 0:
+        yield
+        return
+    try:
+        import pwd
+
+        user = pwd.getpwnam("nobody")
+    except (ImportError, KeyError):
+        pytest.skip("permission cases need a non-root user and there is no 'nobody' here")
+    os.setegid(user.pw_gid)
+    os.seteuid(user.pw_uid)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+@pytest.fixture(scope="module")
+def shared_scratch() -> Path:
+    """A scratch folder every user can read, with a read-only ``ro/`` (pytest's tmp_path is owner-only)."""
+    root = Path(tempfile.mkdtemp(prefix="qmri_perm_"))
+    try:
+        _scratch(root)
+        (root / "ro").mkdir()
+        for path in [root, *root.rglob("*")]:
+            if not path.is_symlink():
+                path.chmod(0o755 if path.is_dir() else 0o644)
+        (root / "ro").chmod(0o555)
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("command", sorted(PERMISSION_CASES))
+def test_read_only_output_folder_as_non_root(command: str, shared_scratch: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    import shlex
+
+    argv = [a.replace("{root}", str(shared_scratch)) for a in shlex.split(PERMISSION_CASES[command])]
+    before = _snapshot(shared_scratch)
+    with _non_root():
+        assert not os.access(shared_scratch / "ro", os.W_OK, effective_ids=True)
+        status, _, err = _run(argv, capsys)
+    assert status == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert f"cannot write into {shared_scratch}/ro (permission denied)" in lines[0], lines[0]
+    assert _snapshot(shared_scratch) == before
