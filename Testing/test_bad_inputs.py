@@ -182,6 +182,24 @@ CASES: dict[str, dict[str, Case]] = {
         "output under a file": _case("estimate --model {root}/E.pt --input {root}/same/flair.nii.gz "
                                      "--out {root}/somefile/e", "somefile is a file"),
     },
+    "heads": {
+        "only non-brain labels": _case("heads --labels {root}/only_non_brain.nii.gz --out {root}/h -n 1",
+                                       "only_non_brain.nii.gz: label map has no brain tissue"),
+        "output under a file": _case("heads --labels {root}/same/sample_labels.nii.gz --out {root}/somefile/h -n 1",
+                                     "somefile is a file"),
+        "n 0": _case("heads --labels {root}/same/sample_labels.nii.gz --out {root}/h -n 0", "-n must be >= 1"),
+    },
+    "import-model": {
+        "output = input checkpoint": _case("import-model --synthstroke {root}/M.pt --out {root}/M.pt",
+                                           "M.pt: is an input of this command"),
+        "output under a file": _case("import-model --synthstroke {root}/M.pt --out {root}/somefile/m.pt",
+                                     "somefile is a file"),
+    },
+    "check-model": {
+        "lesions 0": _case("check-model --model {root}/M.pt --out {root}/c --lesions 0", "--lesions must be >= 1"),
+        "output under a file": _case("check-model --model {root}/M.pt --out {root}/somefile/c", "somefile is a file"),
+        "not a model file": _case("check-model --model {root}/same/flair.nii.gz --out {root}/c", "flair.nii.gz"),
+    },
     "evaluate": {
         "multi-label masks": _case("evaluate --pred {root}/multi --truth {root}/binary --out {root}/r.csv",
                                    "multi/s1.nii.gz: prediction: not a binary mask (labels 1, 2, 4, 5); pass --label"),

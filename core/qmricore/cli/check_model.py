@@ -26,12 +26,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from ..checks import check_estimator, check_segmenter, markdown_report, write_report
     from ..errors import ParameterError
+    from ..io import check_outputs
     from ..model_file import read_meta
 
     if args.lesions < 1 or args.heldout < 0:
         raise ParameterError("--lesions must be >= 1 and --heldout >= 0")
+    out = Path(args.out)
+    check_outputs([out / "checks.json", out / "checks.md"], [args.model, args.baseline], folders=[out])
     kind = read_meta(args.model).kind
     if kind == "segmenter":
         report = check_segmenter(args.model, baseline=args.baseline, n_lesions=args.lesions, n_heldout=args.heldout,

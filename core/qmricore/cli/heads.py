@@ -29,19 +29,24 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import InputError, ParameterError
     from ..generators.anatomy import build_head
-    from ..io import Volume, atomic_file, read_volume, write_nifti
+    from ..io import Volume, atomic_file, check_outputs, read_volume, write_nifti
 
     if args.n < 1 or args.seed < 0:
         raise ParameterError("-n must be >= 1 and --seed >= 0")
+    out = Path(args.out)
+    stems = [out / f"head_{i:04d}" for i in range(args.n)]
+    check_outputs([p for s in stems for p in (f"{s}_labels.nii.gz", f"{s}.json")], [args.labels], folders=[out])
     source = read_volume(args.labels, what="label map")
     labels = source.data
     if not np.array_equal(labels, np.round(labels)):
         raise InputError("label map has non-integer values", args.labels)
-    out = Path(args.out)
+    labels = np.round(labels).astype(np.int64)
+    try:  # every head is built before anything is written
+        heads = [build_head(labels, source.affine, args.seed + i) for i in range(args.n)]
+    except InputError as error:
+        raise InputError(error.problem, args.labels) from None
     out.mkdir(parents=True, exist_ok=True)
-    for i in range(args.n):
-        head, affine, draw = build_head(np.round(labels).astype(np.int64), source.affine, args.seed + i)
-        stem = out / f"head_{i:04d}"
+    for i, (stem, (head, affine, draw)) in enumerate(zip(stems, heads, strict=True)):
         write_nifti(f"{stem}_labels.nii.gz", head.astype(np.int16), Volume(head, affine, None, None))
         with atomic_file(Path(f"{stem}.json"), "w") as stream:
             json.dump({"source": Path(args.labels).name, "seed": args.seed + i, "draw": draw.to_dict()}, stream,

@@ -39,8 +39,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..io import check_outputs
     from ..synthstroke import import_synthstroke
 
+    source = Path(args.synthstroke)
+    inputs = [source, args.config] + ([source / "model.safetensors", source / "config.json"] if source.is_dir() else [])
+    check_outputs([args.out], inputs)
     model = import_synthstroke(args.synthstroke, args.out, config=args.config, spacing=args.spacing, name=args.name)
     classes = ", ".join(model.network.class_names)
     print(f"{model.origin['name']}: {len(model.network.class_names)} classes ({classes}), "
