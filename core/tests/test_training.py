@@ -283,6 +283,8 @@ def test_estimator_trains_and_exports_an_estimator_model(tmp_path: Path) -> None
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert [e["phase"] for e in log if "loss" in e] == [0.0, 1.0, 1.0]  # 10 % of 3 steps: only step 0 is L2
     assert all(np.isfinite(e["loss"]) for e in log if "loss" in e)
+    # samples/s of generation and of the training step, per log window
+    assert all(e["generation_samples_per_s"] > 0 and e["training_samples_per_s"] > 0 for e in log if "loss" in e)
     loaded = load_model(path)
     assert loaded.meta.kind == "estimator" and loaded.meta.classes == ("pd", "r1", "r2s", "mt")
 

@@ -21,6 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--lesions", type=int, default=8, help="lesions per real-anatomy case (default: %(default)s)")
     parser.add_argument("--heldout", type=int, default=8,
                         help="held-out images per contrast (segmenter) or heads (estimator); 0 skips")
+    parser.add_argument("--heads", nargs="+", metavar="NAME",
+                        help="real heads to use (default: all of qmricore.checks.REAL_HEADS)")
     parser.add_argument("--tta", action="store_true", help="flip test-time augmentation (slower)")
     parser.set_defaults(run=run)
 
@@ -40,9 +42,9 @@ def run(args: argparse.Namespace) -> int:
     kind = read_meta(args.model).kind
     if kind == "segmenter":
         report = check_segmenter(args.model, baseline=args.baseline, n_lesions=args.lesions, n_heldout=args.heldout,
-                                 tta=args.tta)
+                                 heads=args.heads, tta=args.tta)
     else:
-        report = check_estimator(args.model, n_heldout=min(args.heldout, 4))
+        report = check_estimator(args.model, n_heldout=min(args.heldout, 4), heads=args.heads)
     write_report(report, args.out)
     print(markdown_report(report))
     return 0

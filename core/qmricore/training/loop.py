@@ -222,10 +222,14 @@ def run_training(
                desc="training", dynamic_ncols=True)
     began = time.monotonic()
     window: list[dict[str, float]] = []
+    timing = {"generation": 0.0, "training": 0.0}  # seconds spent making batches / in the step, this log window
     for step in range(start, loop.iterations):
         indices = ddp.sample_indices(step, loop.batch_size, info)
+        tick = time.perf_counter()
         inputs, targets = job.make_batch(indices)
         inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        timing["generation"] += time.perf_counter() - tick
+        tick = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         outputs = net(inputs)
         loss, parts = job.loss(outputs, targets, step)
@@ -233,17 +237,21 @@ def run_training(
         loss.backward()
         optimizer.step()
         scheduler.step()
+        timing["training"] += time.perf_counter() - tick
         done = step + 1
         window.append({"loss": float(loss.detach()), **parts})
         bar.update(1)
         if done % loop.log_every == 0 or done == loop.iterations:
             means = {k: ddp.mean_across(float(np.mean([w[k] for w in window])), info) for k in window[0]}
             samples = ddp.all_gather(indices, info)
-            window = []
+            rates = {f"{k}_samples_per_s": round(len(window) * loop.batch_size / max(v, 1e-9), 3)
+                     for k, v in timing.items()}  # per process
+            window, timing = [], dict.fromkeys(timing, 0.0)
             if info.is_main:
-                bar.set_postfix(loss=f"{means['loss']:.4f}")
+                bar.set_postfix(loss=f"{means['loss']:.4f}", gen=f"{rates['generation_samples_per_s']:.1f}/s",
+                                train=f"{rates['training_samples_per_s']:.1f}/s")
                 _append(log_path, {"iteration": done, **means, "lr": lr, "seconds": round(time.monotonic() - began, 3),
-                                   "samples": samples})
+                                   **rates, "samples": samples})
         if done % loop.checkpoint_every == 0 or done == loop.iterations:
             rng = ddp.all_gather(capture_rng(), info)
             if info.is_main:
