@@ -32,6 +32,8 @@ from .config import EstimatorLossConfig, EstimatorTrainConfig, config_to_dict
 from .loop import sample_seed
 from .seg import fit_shape, map_set_folders, normalise, padded_shape
 
+#: Classes whose bounding box holds the crop centres of label-map training.
+BRAIN = ("gm", "wm", "gm_wm_pv", "csf", "lesion")
 #: Classes left out of the loss mask of label-map training: no MPRAGE tells their maps apart (air, compact bone).
 UNMEASURED = ("background", "skull")
 #: Loss phases: warm-up (L2 on values) and main (L1 + L2 on values and on spatial gradients).
@@ -137,6 +139,15 @@ class EstimatorSampler:
         options.setdefault("noise_prob", 0.0)  # noise is already in the simulation
         return AugmentConfig.from_dict(options)
 
+    def _brain_box(self, labels: torch.Tensor) -> tuple[list[int], list[int]] | None:
+        """Bounding box of the brain classes: crops are centred in it (a whole head's 48³ crops are otherwise
+        mostly air, neck and scalp, and the estimator learns the brain from few voxels)."""
+        brain = torch.isin(labels, torch.tensor([self.priors.label_of(n) for n in BRAIN if n in self.priors.names]))
+        idx = torch.nonzero(brain)
+        if idx.numel() == 0:
+            return None
+        return idx.min(0).values.tolist(), idx.max(0).values.tolist()
+
     def _maps(self, rng: np.random.Generator) -> tuple[dict[str, torch.Tensor], Any, torch.Tensor | None]:
         """One subject's maps, the augmentation draw, and (labels only) the loss mask on the crop grid.
 
@@ -153,7 +164,8 @@ class EstimatorSampler:
             aug = draw_augment(tuple(maps["pd"].shape), self._augment_config(), int(rng.integers(0, 2**62)))
             return maps, aug, None
         labels = self.label_maps[int(rng.integers(len(self.label_maps)))]
-        aug = draw_augment(tuple(labels.shape), self._augment_config(), int(rng.integers(0, 2**62)))
+        aug = draw_augment(tuple(labels.shape), self._augment_config(), int(rng.integers(0, 2**62)),
+                           focus=self._brain_box(labels))
         background = self.priors.background_label
         cropped = apply_spatial(labels - background, aug.spatial, grid=sampling_grid(aug.spatial, labels.device))
         draw = draw_maps(self.priors, torch.Generator().manual_seed(int(rng.integers(0, 2**62))))
