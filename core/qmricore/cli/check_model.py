@@ -30,13 +30,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..checks import check_estimator, check_segmenter, markdown_report, write_report
+    from ..checks import check_estimator, check_segmenter, markdown_report, select_heads, write_report
     from ..errors import ParameterError
     from ..io import check_outputs
     from ..model_file import read_meta
 
     if args.lesions < 1 or args.heldout < 0:
         raise ParameterError("--lesions must be >= 1 and --heldout >= 0")
+    select_heads(args.heads)  # unknown names: an error before any work
     out = Path(args.out)
     check_outputs([out / "checks.json", out / "checks.md"], [args.model, args.baseline], folders=[out])
     kind = read_meta(args.model).kind
