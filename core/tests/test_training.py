@@ -86,6 +86,39 @@ def test_poly_learning_rate_follows_the_formula() -> None:
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["weight_decay"] == 0.01
 
 
+@pytest.mark.parametrize("classes, n", [("binary", 2), ("tissue", 6)])
+def test_seg_loss_is_monai_dice_ce_and_lesion_weight_weighs_the_lesion_class(classes: str, n: int) -> None:
+    from monai.losses import DiceCELoss
+
+    from qmricore.training.seg import seg_loss
+
+    torch.manual_seed(0)
+    logits, targets = torch.randn(2, n, 6, 6, 6), torch.randint(0, n, (2, 1, 6, 6, 6))
+    plain = config_from_dict({"task": "seg", "network": {"classes": classes}, "data": {"labels": "x"}})
+    reference = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, smooth_nr=1e-5,
+                           smooth_dr=1e-5)(logits, targets)
+    torch.testing.assert_close(seg_loss(plain)(logits, targets, 0)[0], reference)
+    # weight w on the lesion (last) class: Dice = weighted mean of per-class Dice, CE with class weights
+    w = 4.0
+    weighted = config_from_dict({"task": "seg", "network": {"classes": classes}, "data": {"labels": "x"},
+                                 "loss": {"lesion_weight": w}})
+    value, parts = seg_loss(weighted)(logits, targets, 0)
+    from monai.losses import DiceLoss
+
+    per_class = DiceLoss(to_onehot_y=True, softmax=True, include_background=False, smooth_nr=1e-5, smooth_dr=1e-5,
+                         reduction="none")(logits, targets).reshape(2, -1).mean(0)
+    weights = torch.ones(n - 1)
+    weights[-1] = w
+    assert parts["dice_loss"] == pytest.approx(float((per_class * weights).sum() / weights.sum()), rel=1e-6)
+    class_weight = torch.ones(n)
+    class_weight[-1] = w
+    ce = torch.nn.functional.cross_entropy(logits, targets[:, 0], weight=class_weight)
+    assert parts["ce_loss"] == pytest.approx(float(ce), rel=1e-6)
+    assert float(value) == pytest.approx(parts["dice_loss"] + parts["ce_loss"], rel=1e-6)
+    with pytest.raises(Exception, match="lesion_weight must be > 0"):
+        config_from_dict({"task": "seg", "data": {"labels": "x"}, "loss": {"lesion_weight": 0}})
+
+
 def test_estimator_loss_is_l2_for_the_first_tenth_then_l1_l2_and_gradients() -> None:
     assert [loss_phase(i, 50, 0.1) for i in (0, 4, 5, 49)] == ["l2", "l2", "l1+l2+gradient", "l1+l2+gradient"]
     config = EstimatorLossConfig(map_scales={"pd": 1.0, "r1": 1.0, "r2s": 1.0, "mt": 1.0})

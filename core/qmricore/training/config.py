@@ -103,16 +103,23 @@ class SegLossConfig:
 
     ``include_background=False`` computes the Dice term on the foreground classes only (the lesion
     for the binary class set), which keeps small lesions from being swamped by background.
+    ``lesion_weight`` weighs the lesion class (always the last) in both terms: the weighted mean of the
+    per-class Dice losses, and the class weight of the cross-entropy.  With the tissue class set the lesion
+    is one class in five and its few voxels barely move either term: a tissue network trained with weight 1
+    for 4 250 iterations segmented GM, WM and CSF but gave lesion voxels a probability below 0.01.
     """
 
     dice_weight: float = 1.0
     ce_weight: float = 1.0
     include_background: bool = False
     smooth: float = 1e-5
+    lesion_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.dice_weight < 0 or self.ce_weight < 0 or self.dice_weight + self.ce_weight <= 0:
             raise ParameterError("seg loss: weights must be >= 0 and not both 0")
+        if not self.lesion_weight > 0:
+            raise ParameterError(f"seg loss: lesion_weight must be > 0, got {self.lesion_weight}")
 
 
 @dataclass(frozen=True)

@@ -349,17 +349,27 @@ def load_qatlas_sets(data: Any, device: torch.device) -> list[tuple[dict[str, to
 
 
 def seg_loss(config: SegTrainConfig) -> Any:
-    """Dice + CE loss function for the loop: ``loss(logits, classes, step) -> (loss, parts)``."""
-    from monai.losses import DiceCELoss
+    """Dice + CE loss function for the loop: ``loss(logits, classes, step) -> (loss, parts)``.
+
+    With ``loss.lesion_weight == 1`` this is ``monai.losses.DiceCELoss`` (mean Dice over the classes, plain
+    CE); otherwise the lesion (last) class is weighted in both terms (:class:`~.config.SegLossConfig`).
+    """
+    from monai.losses import DiceLoss
 
     cfg = config.loss
-    dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, include_background=cfg.include_background,
-                         lambda_dice=cfg.dice_weight, lambda_ce=cfg.ce_weight, smooth_nr=cfg.smooth,
-                         smooth_dr=cfg.smooth)
+    n_classes = len(config.network.class_names)
+    dice_loss = DiceLoss(to_onehot_y=True, softmax=True, include_background=cfg.include_background,
+                         smooth_nr=cfg.smooth, smooth_dr=cfg.smooth, reduction="none")
+    class_weight = torch.ones(n_classes)
+    class_weight[-1] = cfg.lesion_weight
+    dice_weight = class_weight if cfg.include_background else class_weight[1:]
 
     def loss(logits: torch.Tensor, targets: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        dice, ce = dice_ce.dice(logits, targets), dice_ce.ce(logits, targets)  # DiceCELoss.forward, parts kept
-        value = dice_ce.lambda_dice * dice + dice_ce.lambda_ce * ce
+        per_class = dice_loss(logits, targets).reshape(logits.shape[0], -1)  # (B, classes scored)
+        w = dice_weight.to(per_class)
+        dice = (per_class * w).sum(1).mean() / w.sum()
+        ce = torch.nn.functional.cross_entropy(logits, targets[:, 0].long(), weight=class_weight.to(logits))
+        value = cfg.dice_weight * dice + cfg.ce_weight * ce
         return value, {"dice_loss": float(dice.detach()), "ce_loss": float(ce.detach())}
 
     return loss
