@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 
 from qmricore.cli import COMMANDS, main
-from qmricore.model_file import WindowConfig, save_model
-from qmricore.networks import EstimatorConfig, SegmenterConfig, build_estimator, build_segmenter
+from qmricore.models.model_file import WindowConfig, save_model
+from qmricore.models.networks import EstimatorConfig, SegmenterConfig, build_estimator, build_segmenter
 
 SHAPE = (10, 10, 10)
 AFFINE = np.diag([1.0, 1.0, 1.0, 1.0])

@@ -13,8 +13,8 @@ from scipy import ndimage
 
 from qmricore import checks
 from qmricore.io import Volume
-from qmricore.model_file import PreprocessConfig, WindowConfig, save_model
-from qmricore.networks import EstimatorConfig, SegmenterConfig, build_estimator, build_segmenter
+from qmricore.models.model_file import PreprocessConfig, WindowConfig, save_model
+from qmricore.models.networks import EstimatorConfig, SegmenterConfig, build_estimator, build_segmenter
 
 
 @pytest.mark.parametrize("head", checks.REAL_HEADS, ids=lambda h: h.name)

@@ -13,7 +13,7 @@ from scipy.spatial.transform import Rotation
 from torch import nn
 
 from qmricore.errors import InputError, ParameterError
-from qmricore.inference import (
+from qmricore.inference.predict import (
     FLIP_DIMS,
     ensemble_logits,
     estimate_maps,
@@ -25,10 +25,10 @@ from qmricore.inference import (
     sliding_window_logits,
     volume_grid,
 )
+from qmricore.inference.preprocess import network_grid
 from qmricore.io import Volume, read_volume, write_nifti
-from qmricore.model_file import LoadedModel, ModelMeta, PreprocessConfig, WindowConfig, load_model, save_model
-from qmricore.networks import EstimatorConfig, SegmenterConfig, build_estimator, build_segmenter
-from qmricore.preprocess import network_grid
+from qmricore.models.model_file import LoadedModel, ModelMeta, PreprocessConfig, WindowConfig, load_model, save_model
+from qmricore.models.networks import EstimatorConfig, SegmenterConfig, build_estimator, build_segmenter
 
 PATCH = WindowConfig(patch=(16, 16, 16))
 

@@ -384,8 +384,8 @@ def test_every_atomic_writer_gives_files_the_usual_permissions(tmp_path):
     import torch
 
     from qmricore.generators.priors import load_priors
-    from qmricore.metrics import write_csv
-    from qmricore.model_file import atomic_torch_save
+    from qmricore.inference.metrics import write_csv
+    from qmricore.models.model_file import atomic_torch_save
     from qmricore.training.checkpoint import atomic_torch_save as checkpoint_save
     from qmricore.training.config import SegTrainConfig, save_config
 

@@ -5,12 +5,12 @@ seeded far from any training seed.  Contrasts a model never saw in training (e.g
 for a model trained on GRE/FSE/FLAIR) measure generalisation to new contrasts; MP2RAGE (UNI) uses the
 "MP2RAGE 3T" preset with its timings and flips drawn around it, since SPEC §5 has no MP2RAGE ranges.
 
-    python -m qmricore.training.heldout make --labels sample_labels.nii.gz --out heldout.pt --n 6
-    python -m qmricore.training.heldout score --set heldout.pt --model a.pt --model b.pt --out scores.json
+    python -m qmricore.inference.heldout make --labels sample_labels.nii.gz --out heldout.pt --n 6
+    python -m qmricore.inference.heldout score --set heldout.pt --model a.pt --model b.pt --out scores.json
 
-Scores: Dice (:func:`qmricore.metrics.dice`) of the predicted lesion mask against the pasted lesion,
+Scores: Dice (:func:`qmricore.inference.metrics.dice`) of the predicted lesion mask against the pasted lesion,
 on the label map's grid, per contrast, with medians and Student-t 95 % intervals
-(:func:`qmricore.metrics.median_confidence_interval`).  Prediction uses the model's own
+(:func:`qmricore.inference.metrics.median_confidence_interval`).  Prediction uses the model's own
 preprocessing and sliding-window settings (:func:`qmricore.inference.predict_with_fallback`).
 """
 
@@ -93,10 +93,10 @@ def make_set_from_labels(labels: torch.Tensor, zooms: Sequence[float], n: int, c
 
 def score(held_out: dict[str, Any], model_paths: Sequence[str | Path], tta: bool = False) -> dict[str, Any]:
     """Dice per item and model, and per-contrast medians with 95 % intervals."""
-    from ..inference import predict_with_fallback
-    from ..metrics import dice, median_confidence_interval
-    from ..model_file import load_model
-    from ..preprocess import normalise_intensity
+    from ..models.model_file import load_model
+    from .metrics import dice, median_confidence_interval
+    from .predict import predict_with_fallback
+    from .preprocess import normalise_intensity
 
     rows = []
     for path in model_paths:
@@ -139,7 +139,7 @@ def markdown(summary: Sequence[dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m qmricore.training.heldout", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m qmricore.inference.heldout", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     make = sub.add_parser("make", help="generate a held-out set")
     make.add_argument("--labels", required=True)

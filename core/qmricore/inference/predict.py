@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import InputError, ParameterError, QMRIError
-from .io import Volume
-from .model_file import LoadedModel, WindowConfig
-from .networks import SegmenterConfig
+from ..errors import InputError, ParameterError, QMRIError
+from ..io import Volume
+from ..models.model_file import LoadedModel, WindowConfig
+from ..models.networks import SegmenterConfig
 from .preprocess import Grid, preprocess, resample
 
 #: Spatial dimensions flipped by test-time augmentation: every subset of (x, y, z) of a (B, C, X, Y, Z) tensor.
@@ -263,7 +263,7 @@ def segment(
     Parameters
     ----------
     model
-        A loaded segmenter (:func:`qmricore.model_file.load_model`).
+        A loaded segmenter (:func:`qmricore.models.model_file.load_model`).
     volumes
         The subject's images; several are ensembled (logits averaged before the softmax).  They must
         overlap in world space; the output is on the first one's grid.

@@ -20,7 +20,7 @@ grids are the same (a 1 mm RAS input) it returns the data unchanged.
 
 Intensities
 -----------
-:func:`normalise_intensity` applies :class:`~qmricore.model_file.PreprocessConfig`: a robust histogram
+:func:`normalise_intensity` applies :class:`~qmricore.models.model_file.PreprocessConfig`: a robust histogram
 normalisation (clip to the 0.5 and 99.5 percentiles of the image, then scale linearly to [0, 1]) or MONAI's
 ``HistogramNormalize`` (histogram equalisation onto 0-255, 256 bins: SynthStroke's), and a z-score (mean 0,
 standard deviation 1 over the whole image, or over voxels above the lower percentile).
@@ -35,8 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import InputError
-from .model_file import PreprocessConfig
+from ..errors import InputError
+from ..models.model_file import PreprocessConfig
 
 
 @dataclass(frozen=True, eq=False)

@@ -8,7 +8,7 @@ key                 value
 ``format``          ``"qmricore-model"``
 ``version``         ``1`` (:data:`FORMAT_VERSION`)
 ``kind``            ``"segmenter"`` or ``"estimator"``
-``network``         ``SegmenterConfig.to_dict()`` / ``EstimatorConfig.to_dict()`` (:mod:`qmricore.networks`)
+``network``         ``SegmenterConfig.to_dict()`` / ``EstimatorConfig.to_dict()`` (:mod:`qmricore.models.networks`)
 ``classes``         output channel names: class names (segmenter) or ``["pd", "r1", "r2s", "mt"]``
 ``preprocessing``   ``PreprocessConfig.to_dict()``: orientation, spacing (mm), intensity normalisation
 ``inference``       ``WindowConfig.to_dict()``: patch (voxels), overlap, sigma_scale, sw_batch_size
@@ -37,8 +37,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__
-from .errors import InputError, ParameterError
+from .. import __version__
+from ..errors import InputError, ParameterError
 from .networks import EstimatorConfig, SegmenterConfig, build_network, config_from_dict
 
 FORMAT_NAME = "qmricore-model"
@@ -84,7 +84,8 @@ class PreprocessConfig:
     grid
         Where the resliced grid sits: ``"centred"`` (the input's field of view, centred; ``n·v/spacing``
         voxels per axis) or ``"first-voxel"`` (MONAI ``Spacing``'s convention: the first voxel centre is
-        kept and an axis gets ``round((n-1)·v/spacing) + 1`` voxels), see :func:`qmricore.preprocess.network_grid`.
+        kept and an axis gets ``round((n-1)·v/spacing) + 1`` voxels), see
+        :func:`qmricore.inference.preprocess.network_grid`.
     histogram_bins, histogram_range
         Bins and output range (min, max) of ``"histogram"``.
     """
@@ -255,7 +256,7 @@ def model_payload(
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     """``torch.save(obj)`` to ``path`` atomically (:func:`qmricore.io.atomic_file`)."""
-    from .io import atomic_file
+    from ..io import atomic_file
 
     with atomic_file(path) as handle:
         torch.save(obj, handle)
@@ -279,16 +280,16 @@ def save_model(
     path
         Output file (conventionally ``*.pt``).
     model
-        The network built by :func:`qmricore.networks.build_network` from ``config``.
+        The network built by :func:`qmricore.models.networks.build_network` from ``config``.
     config
-        Its :class:`~qmricore.networks.SegmenterConfig` or :class:`~qmricore.networks.EstimatorConfig`.
+        Its :class:`~qmricore.models.networks.SegmenterConfig` or :class:`~qmricore.models.networks.EstimatorConfig`.
     preprocessing, inference
         Settings to store (defaults: :class:`PreprocessConfig`, :class:`WindowConfig`).
     training
         Optional JSON-like information about the training run.
     origin
         Optional JSON-like description of where the weights come from (``name``, ``source``, ``licence``,
-        ``input``, ...), e.g. for an imported model (:mod:`qmricore.synthstroke`); shown in model lists.
+        ``input``, ...), e.g. for an imported model (:mod:`qmricore.models.synthstroke`); shown in model lists.
     """
     payload = model_payload(model, config, preprocessing=preprocessing, inference=inference, training=training,
                             origin=origin)

@@ -3,7 +3,7 @@
 Every training sample ``k`` is a pure function of ``(loop.seed, k)``:
 
 ``real``
-    an image/label pair (chosen at random), spatially and intensity augmented (:mod:`qmricore.augment`);
+    an image/label pair (chosen at random), spatially and intensity augmented (:mod:`qmricore.generators.augment`);
 ``qsynth``
     a label map → qMRI maps from the tissue priors → an image simulated with a random sequence of
     ``data.sequences`` (SPEC §5 ranges) → augmentation (:func:`qmricore.generators.pipeline.generate`);
@@ -14,7 +14,7 @@ Every training sample ``k`` is a pure function of ``(loop.seed, k)``:
     a random sequence → augmentation; its labels come with the map set.
 
 With ``real_fraction = f`` a synthetic mode replaces each sample by a real pair with probability ``f``.
-Images are then normalised exactly as at inference (:class:`qmricore.model_file.PreprocessConfig`:
+Images are then normalised exactly as at inference (:class:`qmricore.models.model_file.PreprocessConfig`:
 percentile clipping to [0, 1], then z-score) and cropped or zero-padded to ``data.patch_size``.
 
 Labels (0 background, 1 GM, 2 WM, 3 GM/WM PV, 4 CSF, 5 non-brain, 6 lesion) become training classes:
@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError, ParameterError
-from ..networks import build_segmenter
+from ..models.networks import build_segmenter
 from .config import SegTrainConfig, config_to_dict
 from .loop import sample_seed
 
@@ -123,8 +123,8 @@ def to_classes(label: torch.Tensor, classes: str, *, mask: bool = False) -> torc
 
 
 def normalise(image: torch.Tensor, preprocessing: Any) -> torch.Tensor:
-    """Intensity normalisation exactly as at inference (:func:`qmricore.preprocess.normalise_intensity`)."""
-    from ..preprocess import normalise_intensity
+    """Intensity normalisation exactly as at inference (:func:`qmricore.inference.preprocess.normalise_intensity`)."""
+    from ..inference.preprocess import normalise_intensity
 
     array = normalise_intensity(image.detach().to("cpu", torch.float32).numpy(), preprocessing)
     return torch.from_numpy(array).to(image.device)
@@ -246,7 +246,7 @@ class SegSampler:
         return fit_shape(image, shape, offset), fit_shape(classes, shape, offset)
 
     def _augment(self, image: torch.Tensor, label: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from ..augment import AugmentConfig, augment, draw_augment
+        from ..generators.augment import AugmentConfig, augment, draw_augment
 
         options = dict(self.data.generator.get("augment", {}))
         options.setdefault("crop", self.data.patch_size)
@@ -286,8 +286,8 @@ class SegSampler:
 
 
 def preprocessing_of(config: SegTrainConfig) -> Any:
-    """The :class:`~qmricore.model_file.PreprocessConfig` the model is trained (and used) with."""
-    from ..model_file import PreprocessConfig
+    """The :class:`~qmricore.models.model_file.PreprocessConfig` the model is trained (and used) with."""
+    from ..models.model_file import PreprocessConfig
 
     return PreprocessConfig.from_dict(config.data.preprocessing)
 
@@ -324,8 +324,8 @@ def load_qatlas_sets(data: Any, device: torch.device) -> list[tuple[dict[str, to
 
     sets = []
     if data.estimator and data.mprage:
-        from ..inference import estimate_maps  # qATLAS inference (MPRAGE -> maps)
-        from ..model_file import load_model
+        from ..inference.predict import estimate_maps  # qATLAS inference (MPRAGE -> maps)
+        from ..models.model_file import load_model
 
         model = load_model(data.estimator, device=device)
         if not data.labels:
