@@ -335,7 +335,9 @@ class QMRISegmentTest(ScriptedLoadableModuleTest):
 
     def _tinyModel(self, path):
         import torch
-        from qmricore.models.model_file import PreprocessConfig, WindowConfig, save_model
+        from qmricore.inference.preprocess import PreprocessConfig
+        from qmricore.inference.window import WindowConfig
+        from qmricore.models.model_file import save_model
         from qmricore.models.networks import SegmenterConfig, build_network
 
         torch.manual_seed(0)

@@ -26,7 +26,8 @@ import numpy as np
 import pytest
 
 from qmricore.cli import COMMANDS, main
-from qmricore.models.model_file import WindowConfig, save_model
+from qmricore.inference.window import WindowConfig
+from qmricore.models.model_file import save_model
 from qmricore.models.networks import EstimatorConfig, SegmenterConfig, build_estimator, build_segmenter
 
 SHAPE = (10, 10, 10)

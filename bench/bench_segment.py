@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from qmricore.inference.predict import segment
+from qmricore.inference.window import WindowConfig
 from qmricore.io import Volume, read_volume
-from qmricore.models.model_file import WindowConfig, load_model, save_model
+from qmricore.models.model_file import load_model, save_model
 from qmricore.models.networks import SegmenterConfig, build_segmenter
 
 SHAPE_1MM = (197, 233, 189)

@@ -90,7 +90,9 @@ def test_inputs_model_and_parameter_node(scene, reference, tmp_path):
 
 
 def tiny_model(path, kind):
-    from qmricore.models.model_file import PreprocessConfig, WindowConfig, save_model
+    from qmricore.inference.preprocess import PreprocessConfig
+    from qmricore.inference.window import WindowConfig
+    from qmricore.models.model_file import save_model
     from qmricore.models.networks import EstimatorConfig, SegmenterConfig, build_network
 
     torch.manual_seed(0)

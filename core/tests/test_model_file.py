@@ -9,10 +9,10 @@ import torch
 
 from qmricore import __version__
 from qmricore.errors import InputError, ParameterError
+from qmricore.inference.preprocess import PreprocessConfig
+from qmricore.inference.window import WindowConfig
 from qmricore.models.model_file import (
     FORMAT_NAME,
-    PreprocessConfig,
-    WindowConfig,
     load_model,
     model_payload,
     read_meta,

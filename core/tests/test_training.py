@@ -340,8 +340,10 @@ def test_real_fraction_mixes_real_pairs_into_a_synthetic_mode(tmp_path: Path) ->
 def test_qatlas_mode_estimates_maps_from_mprage_with_an_estimator_model(tmp_path: Path) -> None:
     import nibabel as nib
 
+    from qmricore.inference.preprocess import PreprocessConfig
+    from qmricore.inference.window import WindowConfig
     from qmricore.io import load_map_set
-    from qmricore.models.model_file import PreprocessConfig, WindowConfig, save_model
+    from qmricore.models.model_file import save_model
     from qmricore.models.networks import EstimatorConfig, build_estimator
     from qmricore.physics import simulate
     from qmricore.training.seg import SegSampler

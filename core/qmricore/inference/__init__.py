@@ -18,7 +18,7 @@ from typing import Any
 _EXPORTS = {
     **dict.fromkeys(("PreprocessConfig", "Grid", "network_grid", "resample", "normalise_intensity"), "preprocess"),
     **dict.fromkeys(("WindowConfig", "FLIP_DIMS", "flip_tta", "sliding_window_logits", "predict_with_fallback"),
-                    "predict"),
+                    "window"),
     **dict.fromkeys(("SegmentationResult", "segment", "estimate_maps", "predict_on_grid", "resolve_device",
                      "lesion_volume_ml", "volume_grid", "ensemble_logits"), "predict"),
     **dict.fromkeys(("dice", "hd95", "median_confidence_interval", "evaluate_pairs", "summarise"), "metrics"),

@@ -95,8 +95,8 @@ def score(held_out: dict[str, Any], model_paths: Sequence[str | Path], tta: bool
     """Dice per item and model, and per-contrast medians with 95 % intervals."""
     from ..models.model_file import load_model
     from .metrics import dice, median_confidence_interval
-    from .predict import predict_with_fallback
     from .preprocess import normalise_intensity
+    from .window import predict_with_fallback
 
     rows = []
     for path in model_paths:

@@ -46,7 +46,9 @@ import torch
 from torch import nn
 
 from ..errors import InputError, ParameterError
-from .model_file import PreprocessConfig, WindowConfig, save_model
+from ..inference.preprocess import PreprocessConfig
+from ..inference.window import WindowConfig
+from .model_file import save_model
 from .networks import SegmenterConfig, build_segmenter
 
 #: The authors' network (their training scripts' ``UNet(...)`` call).

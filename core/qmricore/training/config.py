@@ -169,7 +169,7 @@ class SegDataConfig:
         Every sample is cropped (random position) or zero-padded to this size (voxels); ``None``
         keeps the volume and pads it to a multiple of the network's total stride.
     preprocessing
-        :class:`~qmricore.models.model_file.PreprocessConfig` fields (``spacing`` in mm: the voxel size of the
+        :class:`~qmricore.inference.preprocess.PreprocessConfig` fields (``spacing`` in mm: the voxel size of the
         training data, which inference reslices to; intensity normalisation); stored in the model.
     """
 

@@ -90,7 +90,7 @@ class EstimatorSampler:
     """Training samples: ``sample(k) -> (mprage (1, X, Y, Z), targets (5, X, Y, Z))`` (maps + mask)."""
 
     def __init__(self, config: EstimatorTrainConfig, device: torch.device | str = "cpu") -> None:
-        from ..models.model_file import PreprocessConfig
+        from ..inference.preprocess import PreprocessConfig
 
         self.config = config
         self.data = config.data

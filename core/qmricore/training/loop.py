@@ -90,8 +90,9 @@ def train_with_config(config: Any, out_dir: str | os.PathLike[str], sampler: Any
     file carries ``config.network``, ``sampler.preprocessing``, the training patch as its sliding window and
     ``info`` (what the model records about its training).
     """
+    from ..inference.window import WindowConfig
     from ..io import check_output_location, ensure_folder
-    from ..models.model_file import WindowConfig, save_model
+    from ..models.model_file import save_model
     from .config import config_to_dict, save_config
 
     window = WindowConfig(patch=config.data.patch_size) if config.data.patch_size else WindowConfig()

@@ -14,7 +14,7 @@ Every training sample ``k`` is a pure function of ``(loop.seed, k)``:
     a random sequence → augmentation; its labels come with the map set.
 
 With ``real_fraction = f`` a synthetic mode replaces each sample by a real pair with probability ``f``.
-Images are then normalised exactly as at inference (:class:`qmricore.models.model_file.PreprocessConfig`:
+Images are then normalised exactly as at inference (:class:`qmricore.inference.preprocess.PreprocessConfig`:
 percentile clipping to [0, 1], then z-score) and cropped or zero-padded to ``data.patch_size``.
 
 Labels (0 background, 1 GM, 2 WM, 3 GM/WM PV, 4 CSF, 5 non-brain, 6 lesion) become training classes:
@@ -286,8 +286,8 @@ class SegSampler:
 
 
 def preprocessing_of(config: SegTrainConfig) -> Any:
-    """The :class:`~qmricore.models.model_file.PreprocessConfig` the model is trained (and used) with."""
-    from ..models.model_file import PreprocessConfig
+    """The :class:`~qmricore.inference.preprocess.PreprocessConfig` the model is trained (and used) with."""
+    from ..inference.preprocess import PreprocessConfig
 
     return PreprocessConfig.from_dict(config.data.preprocessing)
 
