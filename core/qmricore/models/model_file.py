@@ -41,6 +41,7 @@ from .. import __version__
 from ..errors import InputError, ParameterError
 from ..inference.preprocess import PreprocessConfig
 from ..inference.window import WindowConfig
+from ..io import atomic_torch_save
 from .networks import EstimatorConfig, SegmenterConfig, build_network, config_from_dict
 
 FORMAT_NAME = "qmricore-model"
@@ -123,15 +124,6 @@ def model_payload(
         "origin": dict(origin or {}),
         "state_dict": state,
     }
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """``torch.save(obj)`` to ``path`` atomically (:func:`qmricore.io.atomic_file`)."""
-    from ..io import atomic_file
-
-    with atomic_file(path) as handle:
-        torch.save(obj, handle)
-    return Path(path)
 
 
 def save_model(

@@ -27,10 +27,11 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..io import map_set_folders
 from ..models.networks import ESTIMATOR_MAPS, build_estimator
 from .config import EstimatorLossConfig, EstimatorTrainConfig, config_to_dict
 from .loop import sample_seed
-from .seg import fit_shape, map_set_folders, normalise, padded_shape
+from .seg import fit_shape, normalise, padded_shape
 
 #: Classes whose bounding box holds the crop centres of label-map training.
 BRAIN = ("gm", "wm", "gm_wm_pv", "csf", "lesion")

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError, ParameterError
+from ..io import label_file, map_set_folders, nifti_files, paired_files
 from ..models.networks import build_segmenter
 from .config import SegTrainConfig, config_to_dict
 from .loop import sample_seed
@@ -47,54 +48,6 @@ CLASS_MAPS: dict[str, dict[int, int]] = {
     "binary": {LESION_LABEL: 1},
     "tissue": {1: 1, 2: 2, 3: 3, 4: 4, LESION_LABEL: 5},
 }
-
-
-def nifti_files(folder: str | os.PathLike[str], what: str) -> list[Path]:
-    """Sorted ``*.nii``/``*.nii.gz`` files in ``folder`` (none, or no folder: ``InputError``)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"{what} folder not found", folder)
-    files = sorted(p for p in folder.iterdir() if p.name.endswith((".nii", ".nii.gz")) and not p.name.startswith("."))
-    if not files:
-        raise InputError(f"no NIfTI files (*.nii, *.nii.gz) in the {what} folder", folder)
-    return files
-
-
-def map_set_folders(root: str | os.PathLike[str]) -> list[Path]:
-    """Map-set folders under ``root``: its sub-folders, or ``root`` itself when it holds the maps."""
-    from ..io import find_hmri_maps
-
-    root = Path(root)
-    if not root.is_dir():
-        raise InputError("map-set folder not found", root)
-    subfolders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if subfolders:
-        return subfolders
-    if find_hmri_maps(root):
-        return [root]
-    raise InputError("no map sets (sub-folders with *_PD, *_R1, *_R2s, *_MT maps) found", root)
-
-
-def label_file(folder: Path) -> Path:
-    """The label map of a map-set folder: ``labels.nii(.gz)`` or ``*_labels.nii(.gz)``."""
-    from ..io import nifti_stem
-
-    hits = sorted(p for p in folder.iterdir() if (nifti_stem(p) or "").lower().split("_")[-1] == "labels")
-    if len(hits) != 1:
-        raise InputError(f"map-set folder needs exactly one labels.nii.gz or *_labels.nii.gz, found {len(hits)}",
-                         folder)
-    return hits[0]
-
-
-def paired_files(images: str | os.PathLike[str], labels: str | os.PathLike[str]) -> list[tuple[Path, Path]]:
-    """Image/label pairs matched by file name; an image without a label (or vice versa) is an error."""
-    image_files = {p.name: p for p in nifti_files(images, "real_images")}
-    label_files = {p.name: p for p in nifti_files(labels, "real_labels")}
-    unmatched = sorted(set(image_files) ^ set(label_files))
-    if unmatched:
-        raise InputError(f"images and labels are paired by file name; unmatched: {', '.join(unmatched[:5])}",
-                         Path(images))
-    return [(image_files[name], label_files[name]) for name in sorted(image_files)]
 
 
 def check_label_values(values: np.ndarray, classes: str, path: object) -> None:
