@@ -335,8 +335,10 @@ class QMRISegmentTest(ScriptedLoadableModuleTest):
 
     def _tinyModel(self, path):
         import torch
-        from qmricore.model_file import PreprocessConfig, WindowConfig, save_model
-        from qmricore.networks import SegmenterConfig, build_network
+        from qmricore.inference.preprocess import PreprocessConfig
+        from qmricore.inference.window import WindowConfig
+        from qmricore.models.model_file import save_model
+        from qmricore.models.networks import SegmenterConfig, build_network
 
         torch.manual_seed(0)
         config = SegmenterConfig(classes="binary", channels=(2, 4), num_res_units=0)

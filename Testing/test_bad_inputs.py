@@ -26,8 +26,9 @@ import numpy as np
 import pytest
 
 from qmricore.cli import COMMANDS, main
-from qmricore.model_file import WindowConfig, save_model
-from qmricore.networks import EstimatorConfig, SegmenterConfig, build_estimator, build_segmenter
+from qmricore.inference.window import WindowConfig
+from qmricore.models.model_file import save_model
+from qmricore.models.networks import EstimatorConfig, SegmenterConfig, build_estimator, build_segmenter
 
 SHAPE = (10, 10, 10)
 AFFINE = np.diag([1.0, 1.0, 1.0, 1.0])
@@ -188,6 +189,22 @@ CASES: dict[str, dict[str, Case]] = {
         "output under a file": _case("heads --labels {root}/same/sample_labels.nii.gz --out {root}/somefile/h -n 1",
                                      "somefile is a file"),
         "n 0": _case("heads --labels {root}/same/sample_labels.nii.gz --out {root}/h -n 0", "-n must be >= 1"),
+    },
+    "heldout": {
+        "output = input labels": _case("heldout make --labels {root}/same/sample_labels.nii.gz "
+                                       "--out {root}/same/sample_labels.nii.gz", "is an input of this command"),
+        "output under a file": _case("heldout make --labels {root}/same/sample_labels.nii.gz "
+                                     "--out {root}/somefile/h.pt", "somefile is a file"),
+        "n 0": _case("heldout make --labels {root}/same/sample_labels.nii.gz --out {root}/h.pt --n 0",
+                     "--n must be >= 1"),
+        "unknown contrast": _case("heldout make --labels {root}/same/sample_labels.nii.gz --out {root}/h.pt "
+                                  "--contrasts flair t2", "--contrasts: unknown t2"),
+        "missing set file": _case("heldout score --set {root}/nope.pt --model {root}/M.pt --out {root}/s.json",
+                                  "nope.pt: held-out set not found"),
+        "a model as the set": _case("heldout score --set {root}/M.pt --model {root}/M.pt --out {root}/s.json",
+                                    "M.pt: not a held-out set"),
+        "output = model": _case("heldout score --set {root}/M.pt --model {root}/M.pt --out {root}/M.pt",
+                                "M.pt: is an input of this command"),
     },
     "import-model": {
         "output = input checkpoint": _case("import-model --synthstroke {root}/M.pt --out {root}/M.pt",

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from cli_helpers import run_qmricore as qmricore
 
+from qmricore.inference.window import WindowConfig
 from qmricore.io import load_map_set
-from qmricore.model_file import WindowConfig, save_model
-from qmricore.networks import (
+from qmricore.models.model_file import save_model
+from qmricore.models.networks import (
     EstimatorConfig,
     SegmenterConfig,
     build_estimator,

@@ -93,7 +93,7 @@ def imported(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def test_both_layouts_import_to_the_same_model(imported: dict) -> None:
-    from qmricore.model_file import load_model
+    from qmricore.models.model_file import load_model
 
     for layout in ("checkpoint", "folder"):
         result = imported["results"][layout]

@@ -71,7 +71,7 @@ def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
     assert state["iteration"] == 6 and len(state["rng"]) == 2  # both processes' random states
     assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])  # separate dropout streams
 
-    from qmricore.model_file import load_model
+    from qmricore.models.model_file import load_model
 
     model = load_model(out / "model.pt").network
     assert state_digest(model) == rank0

@@ -12,9 +12,11 @@ from cli_helpers import run_qmricore as qmricore
 from scipy import ndimage
 
 from qmricore import checks
+from qmricore.inference.preprocess import PreprocessConfig
+from qmricore.inference.window import WindowConfig
 from qmricore.io import Volume
-from qmricore.model_file import PreprocessConfig, WindowConfig, save_model
-from qmricore.networks import EstimatorConfig, SegmenterConfig, build_estimator, build_segmenter
+from qmricore.models.model_file import save_model
+from qmricore.models.networks import EstimatorConfig, SegmenterConfig, build_estimator, build_segmenter
 
 
 @pytest.mark.parametrize("head", checks.REAL_HEADS, ids=lambda h: h.name)

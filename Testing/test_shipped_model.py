@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from cli_helpers import run_qmricore as qmricore
 
-from qmricore.model_file import read_meta
+from qmricore.models.model_file import read_meta
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "Resources" / "Models"

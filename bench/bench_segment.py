@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qmricore.inference import segment
+from qmricore.inference.predict import segment
+from qmricore.inference.window import WindowConfig
 from qmricore.io import Volume, read_volume
-from qmricore.model_file import WindowConfig, load_model, save_model
-from qmricore.networks import SegmenterConfig, build_segmenter
+from qmricore.models.model_file import load_model, save_model
+from qmricore.models.networks import SegmenterConfig, build_segmenter
 
 SHAPE_1MM = (197, 233, 189)
 

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import cornucopia as cc
 
-    from qmricore.augment import AugmentConfig
+    from qmricore.generators.augment import AugmentConfig
     from qmricore.generators.pipeline import PipelineConfig, generate, with_voxel_size
     from qmricore.generators.priors import load_priors
 

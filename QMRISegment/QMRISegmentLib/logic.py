@@ -100,7 +100,7 @@ class QMRISegmentLogic:
     @staticmethod
     def statedSpacing(source: Any, config: Any = None) -> float | None:
         """Voxel size (mm) stated by the config of SynthStroke weights, or None (then the user must say)."""
-        from qmricore.synthstroke import stated_spacing
+        from qmricore.models.synthstroke import stated_spacing
 
         return stated_spacing(source, config)
 

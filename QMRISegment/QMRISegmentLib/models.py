@@ -2,7 +2,7 @@
 
 Like SlicerMONAIAuto3DSeg's model list, each entry says what a model is before it is used: name, classes,
 expected input, source and size.  Entries are read from the model files themselves
-(:func:`qmricore.model_file.read_meta`: the stored network, preprocessing and ``origin``), so there is no
+(:func:`qmricore.models.model_file.read_meta`: the stored network, preprocessing and ``origin``), so there is no
 separate catalogue to drift out of date.
 
 * shipped models: ``*.pt`` in the repository's / the module's ``Resources/Models``;
@@ -28,7 +28,7 @@ MODEL_FOLDERS = (Path(__file__).resolve().parents[2] / "Resources" / "Models",
 USER_MODEL_FOLDER_ENV = "QMRISEGMENT_MODEL_FOLDER"
 #: Columns of the model table, in order (the widget's header; :meth:`ModelInfo.row` fills them).
 MODEL_TABLE_COLUMNS = ("Name", "Classes", "Expected input", "Source", "Size")
-#: Display names of the class keys of :data:`qmricore.networks.CLASS_SETS`.
+#: Display names of the class keys of :data:`qmricore.models.networks.CLASS_SETS`.
 CLASS_TITLES = {"background": "background", "gm": "GM", "wm": "WM", "gm_wm_pv": "GM/WM PV", "csf": "CSF",
                 "lesion": "lesion"}
 NORMALISATION_TITLES = {"percentile": "percentile-normalised", "histogram": "histogram-normalised",
@@ -73,7 +73,7 @@ class ModelInfo:
 
 def describeModel(path: str | os.PathLike[str], shipped: bool = False) -> ModelInfo:
     """A :class:`ModelInfo` from a model file (raises InputError for a file that is not a model)."""
-    from qmricore.model_file import read_meta
+    from qmricore.models.model_file import read_meta
 
     path = Path(path)
     meta = read_meta(path)
@@ -130,7 +130,7 @@ def importSynthStroke(source: str | os.PathLike[str], config: str | os.PathLike[
     """Import SynthStroke weights (folder, ``model.safetensors`` or ``{"net": ...}`` checkpoint) into the user
     model folder; never overwrites a model there (``name_2.pt``, ...).  One-line InputError on bad files,
     and then nothing is written."""
-    from qmricore.synthstroke import import_synthstroke
+    from qmricore.models.synthstroke import import_synthstroke
 
     folder = folder or userModelFolder()
     try:

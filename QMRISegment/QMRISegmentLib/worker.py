@@ -28,9 +28,9 @@ def progress(fraction: float, message: str) -> None:
 def segmentCommand(args: argparse.Namespace) -> dict:
     import numpy as np
 
-    from qmricore.inference import resolve_device, segment
+    from qmricore.inference.predict import resolve_device, segment
     from qmricore.io import read_volume, write_nifti
-    from qmricore.model_file import load_model
+    from qmricore.models.model_file import load_model
 
     device = resolve_device(args.device)
     progress(0.02, f"loading the model on {device.type}")
@@ -49,9 +49,9 @@ def segmentCommand(args: argparse.Namespace) -> dict:
 
 
 def estimateCommand(args: argparse.Namespace) -> dict:
-    from qmricore.inference import estimate_maps, resolve_device
+    from qmricore.inference.predict import estimate_maps, resolve_device
     from qmricore.io import read_volume, write_nifti
-    from qmricore.model_file import load_model
+    from qmricore.models.model_file import load_model
 
     device = resolve_device(args.device)
     progress(0.02, f"loading the model on {device.type}")

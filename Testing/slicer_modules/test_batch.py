@@ -67,7 +67,7 @@ def test_batch_without_map_sets_says_so(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_batch_segments_the_simulated_images(tmp_path):
-    pytest.importorskip("qmricore.inference")
+    pytest.importorskip("qmricore.inference.predict")
     from test_qmrisegment_logic import tiny_model
 
     write_subject(tmp_path / "in" / "s01", 0)

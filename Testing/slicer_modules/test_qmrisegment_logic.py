@@ -90,8 +90,10 @@ def test_inputs_model_and_parameter_node(scene, reference, tmp_path):
 
 
 def tiny_model(path, kind):
-    from qmricore.model_file import PreprocessConfig, WindowConfig, save_model
-    from qmricore.networks import EstimatorConfig, SegmenterConfig, build_network
+    from qmricore.inference.preprocess import PreprocessConfig
+    from qmricore.inference.window import WindowConfig
+    from qmricore.models.model_file import save_model
+    from qmricore.models.networks import EstimatorConfig, SegmenterConfig, build_network
 
     torch.manual_seed(0)
     if kind == "segmenter":
@@ -109,7 +111,7 @@ def tiny_model(path, kind):
 
 @pytest.mark.slow
 def test_worker_segments_in_the_background_like_the_library(scene, reference, tmp_path):
-    pytest.importorskip("qmricore.inference")
+    pytest.importorskip("qmricore.inference.predict")
     model = tiny_model(tmp_path / "seg.pt", "segmenter")
     logic = QMRISegmentLogic(scene)
     job = logic.startSegmentation([(reference, "FLAIR")], model, tta=False, device="cpu")
@@ -126,8 +128,8 @@ def test_worker_segments_in_the_background_like_the_library(scene, reference, tm
     np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(seg, segment_id, reference), expected)
     assert slicer.util.arrayFromTableColumn(out["table"], "Volume (mL)")[0] == pytest.approx(out["lesion_ml"], rel=1e-6)
     # the same model in this process gives the same mask (the worker adds nothing of its own)
-    from qmricore.inference import segment
-    from qmricore.model_file import load_model
+    from qmricore.inference.predict import segment
+    from qmricore.models.model_file import load_model
 
     direct = segment(load_model(model), [mrmlio.volumeFromNode(reference)], tta=False, device="cpu")
     np.testing.assert_array_equal(direct.lesion_mask.transpose(2, 1, 0), expected)
@@ -135,7 +137,7 @@ def test_worker_segments_in_the_background_like_the_library(scene, reference, tm
 
 @pytest.mark.slow
 def test_worker_estimates_maps_onto_the_mprage_grid(scene, reference, tmp_path):
-    pytest.importorskip("qmricore.inference")
+    pytest.importorskip("qmricore.inference.predict")
     model = tiny_model(tmp_path / "est.pt", "estimator")
     logic = QMRISegmentLogic(scene)
     job = logic.startEstimation(reference, model, tta=False, device="cpu")

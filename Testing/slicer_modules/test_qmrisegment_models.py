@@ -16,7 +16,7 @@ from QMRISegmentLib.parameters import segmentNodes, segmentParameters
 from QMRISynthLib import ScriptedNodeParameters
 
 from qmricore.errors import InputError
-from qmricore.synthstroke import LICENCE, SOURCE
+from qmricore.models.synthstroke import LICENCE, SOURCE
 
 
 def authors_unet(out_channels: int) -> UNet:

@@ -3,16 +3,16 @@
 Modules
 -------
 physics       signal equations (GRE, FSE, FLAIR, MPRAGE, MP2RAGE), fields, noise, field strength
-io            map-set loading and validation, atomic NIfTI writing
+io            map-set loading and validation, atomic NIfTI writing, the output guard, finding input files
 protocols     sequence presets and acquisition-parameter sampling ranges (one place for these defaults)
 sample_data   the sample map set built from the MNI152 template that ships in nilearn's wheel
-generators    qSynth (priors, label -> maps, sequence draws, lesions), the Synth GMM baseline, the pipeline
-augment       spatial and intensity augmentation (draw, then apply)
+generators    qSynth (priors, label -> maps, sequence draws, lesions), the Synth GMM baseline, whole heads,
+              augmentation (``generators.augment``: draw, then apply), the pipeline
 datasets      on-the-fly synthetic (image, label) datasets, seeded per sample
-networks      qMRI estimator and lesion segmenter (MONAI building blocks); model_file: their file format
-preprocess    orientation, reslicing and intensity normalisation; inference: sliding window, TTA, ensembles
-metrics       Dice, HD95, medians with Student-t confidence intervals
+models        networks (qMRI estimator, lesion segmenter), the model file, the SynthStroke importer
 training      headless training loop, checkpoints with exact resume, DDP
+inference     preprocessing, sliding window with TTA, segmentation / estimation, metrics, held-out scoring
+checks        checks of a shipped model on real anatomy and held-out heads (``qmricore check-model``)
 cli           the ``qmricore`` command line
 """
 

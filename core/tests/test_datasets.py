@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from qmricore.augment import AugmentConfig
 from qmricore.datasets import SyntheticDataset, label_files, read_label_map, sample_seed, write_sample
 from qmricore.errors import InputError, ParameterError
+from qmricore.generators.augment import AugmentConfig
 from qmricore.generators.pipeline import PipelineConfig, generate, regenerate, with_voxel_size
 
 AFFINE = np.array([[-1.5, 0.0, 0.0, 40.0], [0.0, 1.2, 0.1, -20.0], [0.0, 0.0, 1.0, -10.0], [0.0, 0.0, 0.0, 1.0]])

@@ -13,22 +13,20 @@ from scipy.spatial.transform import Rotation
 from torch import nn
 
 from qmricore.errors import InputError, ParameterError
-from qmricore.inference import (
-    FLIP_DIMS,
+from qmricore.inference.predict import (
     ensemble_logits,
     estimate_maps,
     lesion_volume_ml,
     predict_on_grid,
-    predict_with_fallback,
     resolve_device,
     segment,
-    sliding_window_logits,
     volume_grid,
 )
+from qmricore.inference.preprocess import PreprocessConfig, network_grid
+from qmricore.inference.window import FLIP_DIMS, WindowConfig, predict_with_fallback, sliding_window_logits
 from qmricore.io import Volume, read_volume, write_nifti
-from qmricore.model_file import LoadedModel, ModelMeta, PreprocessConfig, WindowConfig, load_model, save_model
-from qmricore.networks import EstimatorConfig, SegmenterConfig, build_estimator, build_segmenter
-from qmricore.preprocess import network_grid
+from qmricore.models.model_file import LoadedModel, ModelMeta, load_model, save_model
+from qmricore.models.networks import EstimatorConfig, SegmenterConfig, build_estimator, build_segmenter
 
 PATCH = WindowConfig(patch=(16, 16, 16))
 

@@ -384,8 +384,7 @@ def test_every_atomic_writer_gives_files_the_usual_permissions(tmp_path):
     import torch
 
     from qmricore.generators.priors import load_priors
-    from qmricore.metrics import write_csv
-    from qmricore.model_file import atomic_torch_save
+    from qmricore.inference.metrics import write_csv
     from qmricore.training.checkpoint import atomic_torch_save as checkpoint_save
     from qmricore.training.config import SegTrainConfig, save_config
 
@@ -393,7 +392,7 @@ def test_every_atomic_writer_gives_files_the_usual_permissions(tmp_path):
     try:
         like = io.read_volume(write_map(tmp_path / "ref.nii", ramp()))
         written = [io.write_nifti(tmp_path / "x.nii.gz", ramp(), like),
-                   atomic_torch_save({"w": torch.zeros(2)}, tmp_path / "m.pt"),
+                   io.atomic_torch_save({"w": torch.zeros(2)}, tmp_path / "m.pt"),
                    checkpoint_save({"w": torch.zeros(2)}, tmp_path / "c.pt"),
                    write_csv(tmp_path / "r.csv", [{"a": 1}]),
                    load_priors().save(tmp_path / "p.json"),

@@ -11,7 +11,7 @@ from scipy import ndimage, stats
 from scipy.spatial import cKDTree
 
 from qmricore.errors import InputError
-from qmricore.metrics import (
+from qmricore.inference.metrics import (
     EMPTY_HD95,
     dice,
     hd95,

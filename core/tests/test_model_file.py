@@ -9,16 +9,16 @@ import torch
 
 from qmricore import __version__
 from qmricore.errors import InputError, ParameterError
-from qmricore.model_file import (
+from qmricore.inference.preprocess import PreprocessConfig
+from qmricore.inference.window import WindowConfig
+from qmricore.models.model_file import (
     FORMAT_NAME,
-    PreprocessConfig,
-    WindowConfig,
     load_model,
     model_payload,
     read_meta,
     save_model,
 )
-from qmricore.networks import EstimatorConfig, SegmenterConfig, build_estimator, build_segmenter
+from qmricore.models.networks import EstimatorConfig, SegmenterConfig, build_estimator, build_segmenter
 
 
 def test_segmenter_round_trip(tmp_path: Path) -> None:

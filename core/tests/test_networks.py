@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from qmricore.errors import ParameterError
-from qmricore.networks import (
+from qmricore.models.networks import (
     CLASS_SETS,
     ESTIMATOR_MAPS,
     EstimatorConfig,

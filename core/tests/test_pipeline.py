@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from qmricore.augment import AugmentConfig, apply_spatial
 from qmricore.errors import InputError, ParameterError
+from qmricore.generators.augment import AugmentConfig, apply_spatial
 from qmricore.generators.gmm import GMMConfig
 from qmricore.generators.lesions import LesionConfig
 from qmricore.generators.pipeline import (

@@ -16,9 +16,9 @@ from monai.networks.nets import UNet
 from safetensors.torch import save_file
 
 from qmricore.errors import InputError
-from qmricore.model_file import load_model, read_meta, save_model
-from qmricore.networks import SegmenterConfig, build_segmenter
-from qmricore.synthstroke import (
+from qmricore.models.model_file import load_model, read_meta, save_model
+from qmricore.models.networks import SegmenterConfig, build_segmenter
+from qmricore.models.synthstroke import (
     LICENCE,
     SYNTHSTROKE_WINDOW,
     import_synthstroke,
@@ -189,7 +189,7 @@ def test_first_voxel_grid_and_histogram_normalisation_equal_monai(spacing: float
     from monai.transforms import HistogramNormalize, NormalizeIntensity, Orientation, Spacing
     from scipy.spatial.transform import Rotation
 
-    from qmricore.preprocess import Grid, network_grid, preprocess
+    from qmricore.inference.preprocess import Grid, network_grid, preprocess
 
     affine = np.eye(4)
     affine[:3, :3] = np.diag([-1.0, -1.0, 1.0]) @ Rotation.from_euler("xyz", [3, -2, 4], degrees=True).as_matrix() \

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from qmricore.errors import InputError
-from qmricore.networks import SegmenterConfig, build_segmenter
+from qmricore.models.networks import SegmenterConfig, build_segmenter
 from qmricore.training import checkpoint as ckpt
 from qmricore.training.config import (
     EstimatorLossConfig,
@@ -217,7 +217,7 @@ def _toy_job(iterations: int, *, fail_at: int | None = None, lr: float = 1e-2) -
     """A trivially learnable task: the lesion is the bright blob; every sample seeded by its index."""
     from monai.losses import DiceCELoss
 
-    from qmricore.model_file import save_model
+    from qmricore.models.model_file import save_model
 
     def make_batch(indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         if fail_at is not None and indices[0] == fail_at:
@@ -254,7 +254,7 @@ def test_loss_decreases_on_a_learnable_task_and_the_loop_writes_its_files(tmp_pa
     assert log[-1]["event"] == "finished"
     state = ckpt.load_checkpoint(tmp_path / "checkpoint.pt")
     assert state["iteration"] == 24 and state["classes"] == ["background", "lesion"]
-    from qmricore.model_file import load_model
+    from qmricore.models.model_file import load_model
 
     assert load_model(model_path).meta.classes == ("background", "lesion")
     with pytest.raises(InputError, match="already holds a training checkpoint"):
@@ -306,7 +306,7 @@ def test_synthetic_modes_give_seeded_normalised_patches(mode: str) -> None:
 
 @needs_sample
 def test_estimator_trains_and_exports_an_estimator_model(tmp_path: Path) -> None:
-    from qmricore.model_file import load_model
+    from qmricore.models.model_file import load_model
     from qmricore.training.estimator import train_estimator
 
     cfg = config_from_dict({"task": "estimator", "network": {"channels": [4, 8]},
@@ -373,9 +373,11 @@ def test_real_fraction_mixes_real_pairs_into_a_synthetic_mode(tmp_path: Path) ->
 def test_qatlas_mode_estimates_maps_from_mprage_with_an_estimator_model(tmp_path: Path) -> None:
     import nibabel as nib
 
+    from qmricore.inference.preprocess import PreprocessConfig
+    from qmricore.inference.window import WindowConfig
     from qmricore.io import load_map_set
-    from qmricore.model_file import PreprocessConfig, WindowConfig, save_model
-    from qmricore.networks import EstimatorConfig, build_estimator
+    from qmricore.models.model_file import save_model
+    from qmricore.models.networks import EstimatorConfig, build_estimator
     from qmricore.physics import simulate
     from qmricore.training.seg import SegSampler
 

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from ..checks import check_estimator, check_segmenter, markdown_report, select_heads, write_report
     from ..errors import ParameterError
     from ..io import check_outputs
-    from ..model_file import read_meta
+    from ..models.model_file import read_meta
 
     if args.lesions < 1 or args.heldout < 0:
         raise ParameterError("--lesions must be >= 1 and --heldout >= 0")

@@ -35,9 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
-    from ..inference import estimate_maps, resolve_device
+    from ..inference.predict import estimate_maps, resolve_device
     from ..io import check_outputs, read_volume, write_nifti
-    from ..model_file import load_model
+    from ..models.model_file import load_model
     from .segment import warnings_to_stderr
 
     out = Path(args.out)

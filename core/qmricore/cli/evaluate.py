@@ -48,8 +48,8 @@ def _nifti_files(folder: Path) -> list[Path]:
 
 def _pairs_from_names(args: argparse.Namespace) -> list:
     from ..errors import InputError, ParameterError
+    from ..inference.metrics import EvaluationPair, match_by_name
     from ..io import nifti_stem
-    from ..metrics import EvaluationPair, match_by_name
 
     if not args.truth:
         raise ParameterError("--pred needs --truth (a folder of ground-truth masks)")
@@ -78,8 +78,8 @@ def _pairs_from_names(args: argparse.Namespace) -> list:
 
 def _pairs_from_manifest(path: Path) -> list:
     from ..errors import InputError
+    from ..inference.metrics import EvaluationPair
     from ..io import nifti_stem
-    from ..metrics import EvaluationPair
 
     if not path.is_file():
         raise InputError("manifest not found", path)
@@ -102,8 +102,8 @@ def _pairs_from_manifest(path: Path) -> list:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError, ParameterError
+    from ..inference.metrics import csv_text, evaluate_pairs, summarise, summary_markdown, write_text
     from ..io import check_outputs, ensure_folder
-    from ..metrics import csv_text, evaluate_pairs, summarise, summary_markdown, write_text
 
     out = Path(args.out)
     if out.suffix.lower() != ".csv":

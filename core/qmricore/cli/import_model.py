@@ -1,7 +1,7 @@
 """``qmricore import-model``: turn published weights (SynthStroke) into a qmricore model file.
 
 Everything is read and checked before anything is written; the model file is written atomically, so a bad
-input leaves no file behind.  See :mod:`qmricore.synthstroke` for the layouts and the config keys read.
+input leaves no file behind.  See :mod:`qmricore.models.synthstroke` for the layouts and the config keys read.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..io import check_outputs
-    from ..synthstroke import import_synthstroke
+    from ..models.synthstroke import import_synthstroke
 
     source = Path(args.synthstroke)
     inputs = [source, args.config] + ([source / "model.safetensors", source / "config.json"] if source.is_dir() else [])

@@ -57,9 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError, ParameterError
-    from ..inference import resolve_device, segment
+    from ..inference.predict import resolve_device, segment
     from ..io import check_outputs, nifti_stem, read_volume, write_nifti
-    from ..model_file import load_model
+    from ..models.model_file import load_model
 
     modalities = args.modality or []
     if modalities and len(modalities) != len(args.input):

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if args.seed < 0:
         raise ParameterError(f"--seed must be >= 0, got {args.seed}")
     if args.crop is not None:
-        from ..augment import crop_shape
+        from ..generators.augment import crop_shape
 
         try:
             crop_shape((1, 1, 1), args.crop)

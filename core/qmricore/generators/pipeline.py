@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..augment import (
+from ..errors import InputError, ParameterError
+from .augment import (
     AugmentConfig,
     AugmentDraw,
     apply_intensity,
@@ -44,7 +45,6 @@ from ..augment import (
     sampling_grid,
     smooth_field,
 )
-from ..errors import InputError, ParameterError
 from .gmm import GMMConfig, GMMDraw, apply_gmm, draw_gmm
 from .lesions import LesionConfig, LesionDraw, draw_lesion, paste_lesion, render_lesion
 from .priors import TissuePriors, load_priors

@@ -33,7 +33,7 @@ import torch
 
 from .. import __version__
 from ..errors import InputError
-from ..model_file import atomic_torch_save
+from ..io import atomic_torch_save
 
 FORMAT = "qmricore-checkpoint-1"
 CHECKPOINT_NAME = "checkpoint.pt"

@@ -12,7 +12,7 @@ A config file is a JSON object::
      "optimizer": {...OptimizerConfig fields...},
      "loop":      {...LoopConfig fields...}}
 
-``"task": "estimator"`` uses :class:`~qmricore.networks.EstimatorConfig`, :class:`EstimatorDataConfig`
+``"task": "estimator"`` uses :class:`~qmricore.models.networks.EstimatorConfig`, :class:`EstimatorDataConfig`
 and :class:`EstimatorLossConfig` instead.  Missing keys take the defaults below; unknown keys are an
 error (a typo must not silently fall back to a default).  Relative paths in ``data`` are resolved
 against the folder of the config file.
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, ParameterError
-from ..networks import EstimatorConfig, SegmenterConfig
+from ..models.networks import EstimatorConfig, SegmenterConfig
 
 TASKS = ("seg", "estimator")
 SEG_MODES = ("real", "qsynth", "synth", "qatlas")
@@ -176,7 +176,7 @@ class SegDataConfig:
         Every sample is cropped (random position) or zero-padded to this size (voxels); ``None``
         keeps the volume and pads it to a multiple of the network's total stride.
     preprocessing
-        :class:`~qmricore.model_file.PreprocessConfig` fields (``spacing`` in mm: the voxel size of the
+        :class:`~qmricore.inference.preprocess.PreprocessConfig` fields (``spacing`` in mm: the voxel size of the
         training data, which inference reslices to; intensity normalisation); stored in the model.
     """
 
@@ -235,7 +235,7 @@ class EstimatorDataConfig:
     patch_size, preprocessing
         As for :class:`SegDataConfig`.
     augment
-        :class:`~qmricore.augment.AugmentConfig` fields for the spatial/intensity augmentation.
+        :class:`~qmricore.generators.augment.AugmentConfig` fields for the spatial/intensity augmentation.
     """
 
     map_sets: str | None = None

@@ -27,10 +27,11 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..networks import ESTIMATOR_MAPS, build_estimator
+from ..io import map_set_folders
+from ..models.networks import ESTIMATOR_MAPS, build_estimator
 from .config import EstimatorLossConfig, EstimatorTrainConfig, config_to_dict
 from .loop import sample_seed
-from .seg import fit_shape, map_set_folders, normalise, padded_shape
+from .seg import fit_shape, normalise, padded_shape
 
 #: Classes whose bounding box holds the crop centres of label-map training.
 BRAIN = ("gm", "wm", "gm_wm_pv", "csf", "lesion")
@@ -63,7 +64,7 @@ def _differences(x: torch.Tensor, mask: torch.Tensor) -> list[tuple[torch.Tensor
 def estimator_loss(config: EstimatorLossConfig, iterations: int) -> Any:
     """The loop's loss: ``loss(maps (B, 4, ...), targets (B, 5, ...), step) -> (loss, parts)``.
 
-    ``targets`` holds the 4 target maps (order :data:`~qmricore.networks.ESTIMATOR_MAPS`) and, as its
+    ``targets`` holds the 4 target maps (order :data:`~qmricore.models.networks.ESTIMATOR_MAPS`) and, as its
     5th channel, the mask of voxels that count (target PD > 0).  Every map is divided by its
     ``map_scales`` value.  The parts (``l1, l2, grad_l1, grad_l2, phase``) are logged whatever the phase.
     """
@@ -90,7 +91,7 @@ class EstimatorSampler:
     """Training samples: ``sample(k) -> (mprage (1, X, Y, Z), targets (5, X, Y, Z))`` (maps + mask)."""
 
     def __init__(self, config: EstimatorTrainConfig, device: torch.device | str = "cpu") -> None:
-        from ..model_file import PreprocessConfig
+        from ..inference.preprocess import PreprocessConfig
 
         self.config = config
         self.data = config.data
@@ -132,7 +133,7 @@ class EstimatorSampler:
         return load_priors(self.data.priors)
 
     def _augment_config(self) -> Any:
-        from ..augment import AugmentConfig
+        from ..generators.augment import AugmentConfig
 
         options = dict(self.data.augment)
         options.setdefault("crop", self.data.patch_size)
@@ -156,7 +157,7 @@ class EstimatorSampler:
         them, so a crop costs what a crop costs and the maps are sharp at tissue borders.  The loss mask is
         every tissue but air and compact bone (:data:`UNMEASURED`), whose R2* no MPRAGE can tell from air.
         """
-        from ..augment import apply_spatial, draw_augment, sampling_grid
+        from ..generators.augment import apply_spatial, draw_augment, sampling_grid
         from ..generators.qsynth import apply_maps, draw_maps
 
         if self.data.labels is None:
@@ -174,7 +175,7 @@ class EstimatorSampler:
         return apply_maps(cropped, self.priors, draw), aug, ~torch.isin(cropped, torch.tensor(unmeasured))
 
     def sample(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from ..augment import apply_intensity, apply_spatial, sampling_grid
+        from ..generators.augment import apply_intensity, apply_spatial, sampling_grid
         from ..generators.qsynth import draw_qatlas_mprage
         from ..physics import rescale_field_strength, simulate
 

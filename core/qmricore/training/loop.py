@@ -10,7 +10,7 @@ from sample indices, the loss, what to store with the model) and calls :func:`ru
 4. every ``log_every`` steps appends one JSON line to ``train_log.jsonl`` (step, loss and its parts
    averaged over processes, learning rate, seconds, the sample indices of every process);
 5. every ``checkpoint_every`` steps writes ``checkpoint.pt`` atomically (rank 0 only);
-6. at the end writes ``model.pt`` with :func:`qmricore.model_file.save_model` (rank 0) and logs a
+6. at the end writes ``model.pt`` with :func:`qmricore.models.model_file.save_model` (rank 0) and logs a
    digest of every replica's weights (they must agree under DDP).
 
 Resuming is exact: sample ``k`` depends on ``(seed, k)`` only and every random state is restored, so a
@@ -90,8 +90,9 @@ def train_with_config(config: Any, out_dir: str | os.PathLike[str], sampler: Any
     file carries ``config.network``, ``sampler.preprocessing``, the training patch as its sliding window and
     ``info`` (what the model records about its training).
     """
+    from ..inference.window import WindowConfig
     from ..io import check_output_location, ensure_folder
-    from ..model_file import WindowConfig, save_model
+    from ..models.model_file import save_model
     from .config import config_to_dict, save_config
 
     window = WindowConfig(patch=config.data.patch_size) if config.data.patch_size else WindowConfig()

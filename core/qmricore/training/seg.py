@@ -3,7 +3,7 @@
 Every training sample ``k`` is a pure function of ``(loop.seed, k)``:
 
 ``real``
-    an image/label pair (chosen at random), spatially and intensity augmented (:mod:`qmricore.augment`);
+    an image/label pair (chosen at random), spatially and intensity augmented (:mod:`qmricore.generators.augment`);
 ``qsynth``
     a label map → qMRI maps from the tissue priors → an image simulated with a random sequence of
     ``data.sequences`` (SPEC §5 ranges) → augmentation (:func:`qmricore.generators.pipeline.generate`);
@@ -14,7 +14,7 @@ Every training sample ``k`` is a pure function of ``(loop.seed, k)``:
     a random sequence → augmentation; its labels come with the map set.
 
 With ``real_fraction = f`` a synthetic mode replaces each sample by a real pair with probability ``f``.
-Images are then normalised exactly as at inference (:class:`qmricore.model_file.PreprocessConfig`:
+Images are then normalised exactly as at inference (:class:`qmricore.inference.preprocess.PreprocessConfig`:
 percentile clipping to [0, 1], then z-score) and cropped or zero-padded to ``data.patch_size``.
 
 Labels (0 background, 1 GM, 2 WM, 3 GM/WM PV, 4 CSF, 5 non-brain, 6 lesion) become training classes:
@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError, ParameterError
-from ..networks import build_segmenter
+from ..io import label_file, map_set_folders, nifti_files, paired_files
+from ..models.networks import build_segmenter
 from .config import SegTrainConfig, config_to_dict
 from .loop import sample_seed
 
@@ -47,54 +48,6 @@ CLASS_MAPS: dict[str, dict[int, int]] = {
     "binary": {LESION_LABEL: 1},
     "tissue": {1: 1, 2: 2, 3: 3, 4: 4, LESION_LABEL: 5},
 }
-
-
-def nifti_files(folder: str | os.PathLike[str], what: str) -> list[Path]:
-    """Sorted ``*.nii``/``*.nii.gz`` files in ``folder`` (none, or no folder: ``InputError``)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"{what} folder not found", folder)
-    files = sorted(p for p in folder.iterdir() if p.name.endswith((".nii", ".nii.gz")) and not p.name.startswith("."))
-    if not files:
-        raise InputError(f"no NIfTI files (*.nii, *.nii.gz) in the {what} folder", folder)
-    return files
-
-
-def map_set_folders(root: str | os.PathLike[str]) -> list[Path]:
-    """Map-set folders under ``root``: its sub-folders, or ``root`` itself when it holds the maps."""
-    from ..io import find_hmri_maps
-
-    root = Path(root)
-    if not root.is_dir():
-        raise InputError("map-set folder not found", root)
-    subfolders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if subfolders:
-        return subfolders
-    if find_hmri_maps(root):
-        return [root]
-    raise InputError("no map sets (sub-folders with *_PD, *_R1, *_R2s, *_MT maps) found", root)
-
-
-def label_file(folder: Path) -> Path:
-    """The label map of a map-set folder: ``labels.nii(.gz)`` or ``*_labels.nii(.gz)``."""
-    from ..io import nifti_stem
-
-    hits = sorted(p for p in folder.iterdir() if (nifti_stem(p) or "").lower().split("_")[-1] == "labels")
-    if len(hits) != 1:
-        raise InputError(f"map-set folder needs exactly one labels.nii.gz or *_labels.nii.gz, found {len(hits)}",
-                         folder)
-    return hits[0]
-
-
-def paired_files(images: str | os.PathLike[str], labels: str | os.PathLike[str]) -> list[tuple[Path, Path]]:
-    """Image/label pairs matched by file name; an image without a label (or vice versa) is an error."""
-    image_files = {p.name: p for p in nifti_files(images, "real_images")}
-    label_files = {p.name: p for p in nifti_files(labels, "real_labels")}
-    unmatched = sorted(set(image_files) ^ set(label_files))
-    if unmatched:
-        raise InputError(f"images and labels are paired by file name; unmatched: {', '.join(unmatched[:5])}",
-                         Path(images))
-    return [(image_files[name], label_files[name]) for name in sorted(image_files)]
 
 
 def check_label_values(values: np.ndarray, classes: str, path: object) -> None:
@@ -123,8 +76,8 @@ def to_classes(label: torch.Tensor, classes: str, *, mask: bool = False) -> torc
 
 
 def normalise(image: torch.Tensor, preprocessing: Any) -> torch.Tensor:
-    """Intensity normalisation exactly as at inference (:func:`qmricore.preprocess.normalise_intensity`)."""
-    from ..preprocess import normalise_intensity
+    """Intensity normalisation exactly as at inference (:func:`qmricore.inference.preprocess.normalise_intensity`)."""
+    from ..inference.preprocess import normalise_intensity
 
     array = normalise_intensity(image.detach().to("cpu", torch.float32).numpy(), preprocessing)
     return torch.from_numpy(array).to(image.device)
@@ -246,7 +199,7 @@ class SegSampler:
         return fit_shape(image, shape, offset), fit_shape(classes, shape, offset)
 
     def _augment(self, image: torch.Tensor, label: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from ..augment import AugmentConfig, augment, draw_augment
+        from ..generators.augment import AugmentConfig, augment, draw_augment
 
         options = dict(self.data.generator.get("augment", {}))
         options.setdefault("crop", self.data.patch_size)
@@ -286,8 +239,8 @@ class SegSampler:
 
 
 def preprocessing_of(config: SegTrainConfig) -> Any:
-    """The :class:`~qmricore.model_file.PreprocessConfig` the model is trained (and used) with."""
-    from ..model_file import PreprocessConfig
+    """The :class:`~qmricore.inference.preprocess.PreprocessConfig` the model is trained (and used) with."""
+    from ..inference.preprocess import PreprocessConfig
 
     return PreprocessConfig.from_dict(config.data.preprocessing)
 
@@ -324,8 +277,8 @@ def load_qatlas_sets(data: Any, device: torch.device) -> list[tuple[dict[str, to
 
     sets = []
     if data.estimator and data.mprage:
-        from ..inference import estimate_maps  # qATLAS inference (MPRAGE -> maps)
-        from ..model_file import load_model
+        from ..inference.predict import estimate_maps  # qATLAS inference (MPRAGE -> maps)
+        from ..models.model_file import load_model
 
         model = load_model(data.estimator, device=device)
         if not data.labels:

@@ -4,7 +4,7 @@ The authors of the seed paper (001) publish trained SynthStroke models, one Hugg
 model (``config.json`` + ``model.safetensors``, tensor names prefixed ``unet.``); their training scripts
 save plain ``torch.save`` dicts ``{"net": state_dict, "opt": ..., "epoch": ...}``.  This project ships
 none of their files: the user downloads them, and :func:`import_synthstroke` turns either layout into a
-qmricore model file (:mod:`qmricore.model_file`) that ``qmricore segment`` and QMRISegment run like the
+qmricore model file (:mod:`qmricore.models.model_file`) that ``qmricore segment`` and QMRISegment run like the
 shipped models, with the authors' preprocessing stored in it.
 
 Network (fixed by the authors' code): MONAI ``UNet(spatial_dims=3, in_channels=1, out_channels=2 or 6,
@@ -45,8 +45,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import InputError, ParameterError
-from .model_file import PreprocessConfig, WindowConfig, save_model
+from ..errors import InputError, ParameterError
+from ..inference.preprocess import PreprocessConfig
+from ..inference.window import WindowConfig
+from .model_file import save_model
 from .networks import SegmenterConfig, build_segmenter
 
 #: The authors' network (their training scripts' ``UNet(...)`` call).

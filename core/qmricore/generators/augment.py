@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import ParameterError
+from ..errors import ParameterError
 
 __all__ = [
     "AugmentConfig", "SpatialDraw", "IntensityDraw", "AugmentDraw",
@@ -491,7 +491,7 @@ def apply_intensity(image: torch.Tensor, draw: IntensityDraw, *, foreground: tor
     """
     from monai.transforms import AdjustContrast, GibbsNoise
 
-    from .physics import rician_noise
+    from ..physics import rician_noise
 
     x = image.to(torch.float32)
     shape = x.shape

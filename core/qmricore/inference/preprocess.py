@@ -20,7 +20,7 @@ grids are the same (a 1 mm RAS input) it returns the data unchanged.
 
 Intensities
 -----------
-:func:`normalise_intensity` applies :class:`~qmricore.model_file.PreprocessConfig`: a robust histogram
+:func:`normalise_intensity` applies :class:`PreprocessConfig`: a robust histogram
 normalisation (clip to the 0.5 and 99.5 percentiles of the image, then scale linearly to [0, 1]) or MONAI's
 ``HistogramNormalize`` (histogram equalisation onto 0-255, 256 bins: SynthStroke's), and a z-score (mean 0,
 standard deviation 1 over the whole image, or over voxels above the lower percentile).
@@ -28,15 +28,104 @@ standard deviation 1 over the whole image, or over voxels above the lower percen
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import InputError
-from .model_file import PreprocessConfig
+from ..errors import InputError, ParameterError
+
+#: Intensity normalisations and grid anchors of :class:`PreprocessConfig`.
+NORMALISATIONS = ("percentile", "histogram", "none")
+GRID_ANCHORS = ("centred", "first-voxel")
+
+
+def dataclass_from_dict(cls: type, data: Mapping[str, Any]) -> Any:
+    """Build the config dataclass ``cls`` from a JSON dict, refusing unknown keys (lists become tuples)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ParameterError(f"{cls.__name__}: unknown keys {unknown}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Image preprocessing before the network (SPEC §9); training must use the same.
+
+    Parameters
+    ----------
+    spacing
+        Isotropic voxel size (mm) the image is resliced to.
+    orientation
+        Axis codes the image is reoriented to (only ``"RAS"`` is supported).
+    normalisation
+        ``"percentile"``: clip intensities to the ``percentiles`` (in percent) of the image, then scale
+        linearly to [0, 1] (a robust histogram normalisation); ``"histogram"``: MONAI's
+        ``HistogramNormalize`` (histogram equalisation with ``histogram_bins`` bins onto
+        ``histogram_range``; SynthStroke's preprocessing); ``"none"``: leave intensities as they are.
+    percentiles
+        Lower and upper percentile (percent) for ``"percentile"``.
+    zscore
+        ``"whole"``: subtract the mean and divide by the standard deviation over the whole image;
+        ``"foreground"``: the same statistics over voxels above the lower percentile (the background
+        becomes a constant below the foreground); ``"none"``: skip.
+    grid
+        Where the resliced grid sits: ``"centred"`` (the input's field of view, centred; ``n·v/spacing``
+        voxels per axis) or ``"first-voxel"`` (MONAI ``Spacing``'s convention: the first voxel centre is
+        kept and an axis gets ``round((n-1)·v/spacing) + 1`` voxels), see
+        :func:`network_grid`.
+    histogram_bins, histogram_range
+        Bins and output range (min, max) of ``"histogram"``.
+    """
+
+    spacing: float = 1.0
+    orientation: str = "RAS"
+    normalisation: str = "percentile"
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    zscore: str = "whole"
+    grid: str = "centred"
+    histogram_bins: int = 256
+    histogram_range: tuple[float, float] = (0.0, 255.0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "percentiles", tuple(float(p) for p in self.percentiles))
+        object.__setattr__(self, "histogram_range", tuple(float(p) for p in self.histogram_range))
+        if not self.spacing > 0:
+            raise ParameterError(f"PreprocessConfig: spacing must be > 0 mm, got {self.spacing}")
+        if self.orientation != "RAS":
+            raise ParameterError(f"PreprocessConfig: orientation must be 'RAS', got {self.orientation!r}")
+        if self.normalisation not in NORMALISATIONS:
+            raise ParameterError(
+                f"PreprocessConfig: normalisation must be one of {NORMALISATIONS}, got {self.normalisation!r}"
+            )
+        if self.grid not in GRID_ANCHORS:
+            raise ParameterError(f"PreprocessConfig: grid must be one of {GRID_ANCHORS}, got {self.grid!r}")
+        low_h, high_h = self.histogram_range if len(self.histogram_range) == 2 else (1.0, 0.0)
+        if self.histogram_bins < 2 or not low_h < high_h:
+            raise ParameterError("PreprocessConfig: need histogram_bins >= 2 and histogram_range (min, max) with "
+                                 f"min < max, got {self.histogram_bins}, {self.histogram_range}")
+        low, high = self.percentiles if len(self.percentiles) == 2 else (1.0, 0.0)
+        if not 0.0 <= low < high <= 100.0:
+            raise ParameterError(
+                f"PreprocessConfig: percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}"
+            )
+        if self.zscore not in ("whole", "foreground", "none"):
+            raise ParameterError(
+                f"PreprocessConfig: zscore must be 'whole', 'foreground' or 'none', got {self.zscore!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PreprocessConfig:
+        return dataclass_from_dict(cls, data)
 
 
 @dataclass(frozen=True, eq=False)

@@ -23,26 +23,18 @@ when the model file says ``padding="zero"`` (MONAI's default, which imported Syn
 from __future__ import annotations
 
 import itertools
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
-from .errors import InputError, ParameterError, QMRIError
-from .io import Volume
-from .model_file import LoadedModel, WindowConfig
-from .networks import SegmenterConfig
+from ..errors import InputError, ParameterError
+from ..io import Volume
+from ..models.model_file import LoadedModel
+from ..models.networks import SegmenterConfig
 from .preprocess import Grid, preprocess, resample
-
-#: Spatial dimensions flipped by test-time augmentation: every subset of (x, y, z) of a (B, C, X, Y, Z) tensor.
-FLIP_DIMS: tuple[tuple[int, ...], ...] = tuple(
-    dims for r in range(4) for dims in itertools.combinations((2, 3, 4), r)
-)
-
-Predictor = Callable[[torch.Tensor], torch.Tensor]
+from .window import predict_with_fallback
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,104 +91,6 @@ def lesion_volume_ml(mask: np.ndarray, affine: np.ndarray) -> float:
     """Volume of the non-zero voxels of ``mask`` in mL (1 mL = 1000 mm³), voxel volume from ``affine``."""
     voxel_mm3 = float(abs(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3])))
     return float(np.count_nonzero(mask)) * voxel_mm3 / 1000.0
-
-
-def flip_tta(predictor: Predictor, flips: Sequence[tuple[int, ...]] = FLIP_DIMS) -> Predictor:
-    """Predictor returning the mean over ``flips`` of ``flip(predictor(flip(x)))`` (8 flips of x, y, z)."""
-
-    def averaged(x: torch.Tensor) -> torch.Tensor:
-        total = None
-        for dims in flips:
-            y = predictor(torch.flip(x, dims) if dims else x)
-            y = torch.flip(y, dims) if dims else y
-            total = y if total is None else total + y
-        return total / len(flips)
-
-    return averaged
-
-
-def sliding_window_logits(
-    network: Predictor,
-    image: torch.Tensor,
-    window: WindowConfig,
-    *,
-    tta: bool,
-    sw_batch_size: int,
-    progress: bool = False,
-) -> torch.Tensor:
-    """Sliding-window prediction ``(1, K, X, Y, Z)`` of ``image`` ``(1, C, X, Y, Z)`` on its device.
-
-    Windows of ``window.patch`` voxels overlap by ``window.overlap`` and are blended with a Gaussian of
-    standard deviation ``window.sigma_scale`` times the window size (the image is padded with
-    ``window.padding``: its minimum or 0); with ``tta`` each window's
-    prediction is the mean over the 8 flips of x, y, z.  ``progress`` shows a tqdm bar over the windows.
-    """
-    from monai.inferers import sliding_window_inference
-
-    predictor = flip_tta(network) if tta else network
-    with torch.inference_mode():
-        return sliding_window_inference(
-            image,
-            roi_size=window.patch,
-            sw_batch_size=sw_batch_size,
-            predictor=predictor,
-            overlap=window.overlap,
-            mode="gaussian",
-            sigma_scale=window.sigma_scale,
-            padding_mode="constant",
-            cval=0.0 if window.padding == "zero" else float(image.min()),
-            progress=progress,
-        )
-
-
-def _fallback_attempts(device: torch.device, sw_batch_size: int) -> list[tuple[torch.device, int]]:
-    """(device, window batch) to try in order: halving the batch down to 1, then the CPU with 1."""
-    attempts = [(device, sw_batch_size)]
-    while attempts[-1][1] > 1:
-        attempts.append((device, attempts[-1][1] // 2))
-    return [*attempts, (torch.device("cpu"), 1)]
-
-
-def predict_with_fallback(
-    network: nn.Module,
-    image: torch.Tensor,
-    window: WindowConfig,
-    *,
-    tta: bool,
-    device: torch.device | str,
-    progress: bool = False,
-) -> torch.Tensor:
-    """:func:`sliding_window_logits` on ``device``, falling back on out-of-memory; result on the CPU.
-
-    On ``torch.cuda.OutOfMemoryError`` the window batch size is halved until 1, then the network and
-    image move to the CPU; each fallback issues a ``RuntimeWarning``.  ``network`` ends on the device
-    that succeeded.
-
-    Raises
-    ------
-    QMRIError
-        Still out of memory on the CPU with one window at a time.
-    """
-    attempts = _fallback_attempts(torch.device(device), window.sw_batch_size)
-    for number, (where, batch) in enumerate(attempts):
-        try:
-            network.to(where)
-            logits = sliding_window_logits(
-                network, image.to(where), window, tta=tta, sw_batch_size=batch, progress=progress
-            )
-            return logits.float().cpu()
-        except torch.cuda.OutOfMemoryError as error:
-            if where.type == "cuda":
-                torch.cuda.empty_cache()
-            if number + 1 == len(attempts):
-                raise QMRIError("out of memory even on the CPU with one window at a time") from error
-            if number + 2 < len(attempts):
-                message = f"retrying with sw_batch_size={attempts[number + 1][1]}"
-            else:
-                message = "falling back to the CPU"
-            warnings.warn(f"out of memory on {where} with sw_batch_size={batch}; {message}", RuntimeWarning,
-                          stacklevel=2)
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def predict_on_grid(
@@ -263,7 +157,7 @@ def segment(
     Parameters
     ----------
     model
-        A loaded segmenter (:func:`qmricore.model_file.load_model`).
+        A loaded segmenter (:func:`qmricore.models.model_file.load_model`).
     volumes
         The subject's images; several are ensembled (logits averaged before the softmax).  They must
         overlap in world space; the output is on the first one's grid.

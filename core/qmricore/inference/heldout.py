@@ -5,22 +5,22 @@ seeded far from any training seed.  Contrasts a model never saw in training (e.g
 for a model trained on GRE/FSE/FLAIR) measure generalisation to new contrasts; MP2RAGE (UNI) uses the
 "MP2RAGE 3T" preset with its timings and flips drawn around it, since SPEC §5 has no MP2RAGE ranges.
 
-    python -m qmricore.training.heldout make --labels sample_labels.nii.gz --out heldout.pt --n 6
-    python -m qmricore.training.heldout score --set heldout.pt --model a.pt --model b.pt --out scores.json
+    qmricore heldout make --labels sample_labels.nii.gz --out heldout.pt --n 6
+    qmricore heldout score --set heldout.pt --model a.pt --model b.pt --out scores.json
 
-Scores: Dice (:func:`qmricore.metrics.dice`) of the predicted lesion mask against the pasted lesion,
+Scores: Dice (:func:`qmricore.inference.metrics.dice`) of the predicted lesion mask against the pasted lesion,
 on the label map's grid, per contrast, with medians and Student-t 95 % intervals
-(:func:`qmricore.metrics.median_confidence_interval`).  Prediction uses the model's own
+(:func:`qmricore.inference.metrics.median_confidence_interval`).  Prediction uses the model's own
 preprocessing and sliding-window settings (:func:`qmricore.inference.predict_with_fallback`).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
+import os
 import sys
 import time
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -91,12 +91,37 @@ def make_set_from_labels(labels: torch.Tensor, zooms: Sequence[float], n: int, c
     return {"voxel_size": list(zooms), "items": items}
 
 
+def save_set(held_out: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write a held-out set (:func:`make_set`) atomically as a torch file of plain tensors and lists."""
+    from ..io import atomic_torch_save
+
+    return atomic_torch_save(held_out, path)
+
+
+def read_set(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A held-out set written by :func:`save_set`; anything else is an ``InputError`` naming the file."""
+    from ..errors import InputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("held-out set not found" if not path.exists() else "held-out set is not a file", path)
+    if not zipfile.is_zipfile(path):
+        raise InputError("not a held-out set (not a torch zip archive: corrupt or another format)", path)
+    try:
+        held_out = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many kinds for corrupt or unsafe files
+        raise InputError(f"corrupt or unsafe held-out set ({type(error).__name__})", path) from error
+    if not isinstance(held_out, dict) or not isinstance(held_out.get("items"), list):
+        raise InputError("not a held-out set (no 'items'; write one with 'qmricore heldout make')", path)
+    return held_out
+
+
 def score(held_out: dict[str, Any], model_paths: Sequence[str | Path], tta: bool = False) -> dict[str, Any]:
     """Dice per item and model, and per-contrast medians with 95 % intervals."""
-    from ..inference import predict_with_fallback
-    from ..metrics import dice, median_confidence_interval
-    from ..model_file import load_model
-    from ..preprocess import normalise_intensity
+    from ..models.model_file import load_model
+    from .metrics import dice, median_confidence_interval
+    from .preprocess import normalise_intensity
+    from .window import predict_with_fallback
 
     rows = []
     for path in model_paths:
@@ -136,33 +161,3 @@ def markdown(summary: Sequence[dict[str, Any]]) -> str:
             values.append(f"{s['dice_median']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}] (n={s['n']})")
         lines.append(f"| {contrast} | " + " | ".join(values) + " |")
     return "\n".join(lines) + "\n"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m qmricore.training.heldout", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    make = sub.add_parser("make", help="generate a held-out set")
-    make.add_argument("--labels", required=True)
-    make.add_argument("--out", required=True)
-    make.add_argument("--n", type=int, default=6)
-    make.add_argument("--crop", type=int, nargs=3)
-    make.add_argument("--contrasts", nargs="+", default=list(CONTRASTS))
-    run = sub.add_parser("score", help="score models on a held-out set")
-    run.add_argument("--set", required=True)
-    run.add_argument("--model", action="append", required=True)
-    run.add_argument("--out", required=True)
-    run.add_argument("--tta", action="store_true")
-    args = parser.parse_args(argv)
-    if args.command == "make":
-        held_out = make_set(args.labels, args.n, args.crop, args.contrasts)
-        torch.save(held_out, args.out)
-        print(f"{len(held_out['items'])} images -> {args.out}", file=sys.stderr)
-    else:
-        result = score(torch.load(args.set, weights_only=True), args.model, tta=args.tta)
-        Path(args.out).write_text(json.dumps(result, indent=1))
-        print(markdown(result["summary"]))
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

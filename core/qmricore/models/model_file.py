@@ -8,7 +8,7 @@ key                 value
 ``format``          ``"qmricore-model"``
 ``version``         ``1`` (:data:`FORMAT_VERSION`)
 ``kind``            ``"segmenter"`` or ``"estimator"``
-``network``         ``SegmenterConfig.to_dict()`` / ``EstimatorConfig.to_dict()`` (:mod:`qmricore.networks`)
+``network``         ``SegmenterConfig.to_dict()`` / ``EstimatorConfig.to_dict()`` (:mod:`qmricore.models.networks`)
 ``classes``         output channel names: class names (segmenter) or ``["pd", "r1", "r2s", "mt"]``
 ``preprocessing``   ``PreprocessConfig.to_dict()``: orientation, spacing (mm), intensity normalisation
 ``inference``       ``WindowConfig.to_dict()``: patch (voxels), overlap, sigma_scale, sw_batch_size
@@ -37,144 +37,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__
-from .errors import InputError, ParameterError
+from .. import __version__
+from ..errors import InputError, ParameterError
+from ..inference.preprocess import PreprocessConfig
+from ..inference.window import WindowConfig
+from ..io import atomic_torch_save
 from .networks import EstimatorConfig, SegmenterConfig, build_network, config_from_dict
 
 FORMAT_NAME = "qmricore-model"
 FORMAT_VERSION = 1
 KINDS = ("segmenter", "estimator")
 REQUIRED_KEYS = ("format", "version", "kind", "network", "classes", "preprocessing", "inference", "state_dict")
-#: Intensity normalisations and grid anchors of :class:`PreprocessConfig`.
-NORMALISATIONS = ("percentile", "histogram", "none")
-GRID_ANCHORS = ("centred", "first-voxel")
-#: What the sliding window pads the image with beyond its edges (:class:`WindowConfig`).
-PADDINGS = ("minimum", "zero")
-
-
-def _dataclass_from_dict(cls: type, data: Mapping[str, Any]) -> Any:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ParameterError(f"{cls.__name__}: unknown keys {unknown}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-
-
-@dataclass(frozen=True)
-class PreprocessConfig:
-    """Image preprocessing before the network (SPEC §9); training must use the same.
-
-    Parameters
-    ----------
-    spacing
-        Isotropic voxel size (mm) the image is resliced to.
-    orientation
-        Axis codes the image is reoriented to (only ``"RAS"`` is supported).
-    normalisation
-        ``"percentile"``: clip intensities to the ``percentiles`` (in percent) of the image, then scale
-        linearly to [0, 1] (a robust histogram normalisation); ``"histogram"``: MONAI's
-        ``HistogramNormalize`` (histogram equalisation with ``histogram_bins`` bins onto
-        ``histogram_range``; SynthStroke's preprocessing); ``"none"``: leave intensities as they are.
-    percentiles
-        Lower and upper percentile (percent) for ``"percentile"``.
-    zscore
-        ``"whole"``: subtract the mean and divide by the standard deviation over the whole image;
-        ``"foreground"``: the same statistics over voxels above the lower percentile (the background
-        becomes a constant below the foreground); ``"none"``: skip.
-    grid
-        Where the resliced grid sits: ``"centred"`` (the input's field of view, centred; ``n·v/spacing``
-        voxels per axis) or ``"first-voxel"`` (MONAI ``Spacing``'s convention: the first voxel centre is
-        kept and an axis gets ``round((n-1)·v/spacing) + 1`` voxels), see :func:`qmricore.preprocess.network_grid`.
-    histogram_bins, histogram_range
-        Bins and output range (min, max) of ``"histogram"``.
-    """
-
-    spacing: float = 1.0
-    orientation: str = "RAS"
-    normalisation: str = "percentile"
-    percentiles: tuple[float, float] = (0.5, 99.5)
-    zscore: str = "whole"
-    grid: str = "centred"
-    histogram_bins: int = 256
-    histogram_range: tuple[float, float] = (0.0, 255.0)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "percentiles", tuple(float(p) for p in self.percentiles))
-        object.__setattr__(self, "histogram_range", tuple(float(p) for p in self.histogram_range))
-        if not self.spacing > 0:
-            raise ParameterError(f"PreprocessConfig: spacing must be > 0 mm, got {self.spacing}")
-        if self.orientation != "RAS":
-            raise ParameterError(f"PreprocessConfig: orientation must be 'RAS', got {self.orientation!r}")
-        if self.normalisation not in NORMALISATIONS:
-            raise ParameterError(
-                f"PreprocessConfig: normalisation must be one of {NORMALISATIONS}, got {self.normalisation!r}"
-            )
-        if self.grid not in GRID_ANCHORS:
-            raise ParameterError(f"PreprocessConfig: grid must be one of {GRID_ANCHORS}, got {self.grid!r}")
-        low_h, high_h = self.histogram_range if len(self.histogram_range) == 2 else (1.0, 0.0)
-        if self.histogram_bins < 2 or not low_h < high_h:
-            raise ParameterError("PreprocessConfig: need histogram_bins >= 2 and histogram_range (min, max) with "
-                                 f"min < max, got {self.histogram_bins}, {self.histogram_range}")
-        low, high = self.percentiles if len(self.percentiles) == 2 else (1.0, 0.0)
-        if not 0.0 <= low < high <= 100.0:
-            raise ParameterError(
-                f"PreprocessConfig: percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}"
-            )
-        if self.zscore not in ("whole", "foreground", "none"):
-            raise ParameterError(
-                f"PreprocessConfig: zscore must be 'whole', 'foreground' or 'none', got {self.zscore!r}"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PreprocessConfig:
-        return _dataclass_from_dict(cls, data)
-
-
-@dataclass(frozen=True)
-class WindowConfig:
-    """Sliding-window inference settings (SPEC §9).
-
-    Parameters
-    ----------
-    patch
-        Window size in voxels (at the preprocessing spacing); SPEC default 192³.
-    overlap
-        Fraction of overlap between neighbouring windows (0 <= overlap < 1).
-    sigma_scale
-        Gaussian weighting: standard deviation as a fraction of the window size.
-    sw_batch_size
-        Windows per forward pass (halved on GPU out-of-memory).
-    padding
-        Value the image is padded with where a window reaches past it: ``"minimum"`` (the image's
-        minimum, i.e. its background) or ``"zero"`` (0, MONAI ``SlidingWindowInferer``'s default, which
-        SynthStroke uses; after a z-score that is the mean intensity).
-    """
-
-    patch: tuple[int, int, int] = (192, 192, 192)
-    overlap: float = 0.5
-    sigma_scale: float = 0.125
-    sw_batch_size: int = 1
-    padding: str = "minimum"
-
-    def __post_init__(self) -> None:
-        patch = (self.patch,) * 3 if isinstance(self.patch, int) else tuple(int(p) for p in self.patch)
-        object.__setattr__(self, "patch", patch)
-        if len(patch) != 3 or min(patch) < 1:
-            raise ParameterError(f"WindowConfig: patch must be three positive sizes, got {self.patch}")
-        if not 0.0 <= self.overlap < 1.0 or not self.sigma_scale > 0 or self.sw_batch_size < 1:
-            raise ParameterError("WindowConfig: need 0 <= overlap < 1, sigma_scale > 0, sw_batch_size >= 1")
-        if self.padding not in PADDINGS:
-            raise ParameterError(f"WindowConfig: padding must be one of {PADDINGS}, got {self.padding!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> WindowConfig:
-        return _dataclass_from_dict(cls, data)
 
 
 @dataclass(frozen=True)
@@ -253,15 +126,6 @@ def model_payload(
     }
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """``torch.save(obj)`` to ``path`` atomically (:func:`qmricore.io.atomic_file`)."""
-    from .io import atomic_file
-
-    with atomic_file(path) as handle:
-        torch.save(obj, handle)
-    return Path(path)
-
-
 def save_model(
     path: str | os.PathLike[str],
     model: nn.Module,
@@ -279,16 +143,17 @@ def save_model(
     path
         Output file (conventionally ``*.pt``).
     model
-        The network built by :func:`qmricore.networks.build_network` from ``config``.
+        The network built by :func:`qmricore.models.networks.build_network` from ``config``.
     config
-        Its :class:`~qmricore.networks.SegmenterConfig` or :class:`~qmricore.networks.EstimatorConfig`.
+        Its :class:`~qmricore.models.networks.SegmenterConfig` or :class:`~qmricore.models.networks.EstimatorConfig`.
     preprocessing, inference
-        Settings to store (defaults: :class:`PreprocessConfig`, :class:`WindowConfig`).
+        Settings to store (defaults: :class:`~qmricore.inference.preprocess.PreprocessConfig`,
+        :class:`~qmricore.inference.window.WindowConfig`).
     training
         Optional JSON-like information about the training run.
     origin
         Optional JSON-like description of where the weights come from (``name``, ``source``, ``licence``,
-        ``input``, ...), e.g. for an imported model (:mod:`qmricore.synthstroke`); shown in model lists.
+        ``input``, ...), e.g. for an imported model (:mod:`qmricore.models.synthstroke`); shown in model lists.
     """
     payload = model_payload(model, config, preprocessing=preprocessing, inference=inference, training=training,
                             origin=origin)

@@ -1,7 +1,7 @@
 """Network configurations and builders (MONAI U-Nets) for lesion segmentation and qMRI estimation.
 
 Two networks, each described by a small frozen config dataclass that round-trips through a plain dict
-(so it can be stored in a model file, see :mod:`qmricore.model_file`):
+(so it can be stored in a model file, see :mod:`qmricore.models.model_file`):
 
 ``SegmenterConfig`` / :func:`build_segmenter` (SPEC §8)
     ``monai.networks.nets.UNet`` with PReLU, instance norm and one residual unit per block
@@ -33,7 +33,7 @@ from monai.networks.blocks import Convolution, ResidualUnit, UpSample
 from monai.networks.nets import UNet
 from torch import nn
 
-from .errors import ParameterError
+from ..errors import ParameterError
 
 #: Class names per class set (SPEC §8).  The lesion is the last class of every set.
 CLASS_SETS: dict[str, tuple[str, ...]] = {
@@ -96,7 +96,7 @@ class SegmenterConfig:
         Order of norm (N), dropout (D) and activation (A) after each convolution (MONAI's ``adn_ordering``).
 
     The last four are MONAI ``UNet``'s own defaults; they are stored so that a model file describes its
-    constructor completely (e.g. an imported SynthStroke network, :mod:`qmricore.synthstroke`).
+    constructor completely (e.g. an imported SynthStroke network, :mod:`qmricore.models.synthstroke`).
     """
 
     classes: str = "binary"

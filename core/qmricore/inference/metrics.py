@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage, stats
 
-from .errors import InputError
+from ..errors import InputError
 
 #: HD95 (mm) when exactly one of the masks is empty: the side length of the 256³ padded 1 mm volume.
 EMPTY_HD95 = 256.0
@@ -211,7 +211,7 @@ def summary_markdown(summary: Sequence[Mapping[str, Any]], metrics: Sequence[str
 
 
 def _atomic_write_text(path: Path, text: str) -> Path:
-    from .io import atomic_file
+    from ..io import atomic_file
 
     with atomic_file(path, "w", newline="") as handle:
         handle.write(text)
@@ -257,7 +257,7 @@ def match_by_name(predictions: Sequence[Path], truths: Sequence[Path]) -> list[t
     A prediction named ``<truth name>_<suffix>`` (e.g. ``sub-01_pred.nii.gz`` for ``sub-01.nii.gz``) matches
     too; the longest such truth name wins.  Raises InputError naming a prediction without a match.
     """
-    from .io import nifti_stem
+    from ..io import nifti_stem
 
     by_stem = {nifti_stem(t): t for t in truths if nifti_stem(t) is not None}
     pairs = []
@@ -285,7 +285,7 @@ def binary_mask(data: np.ndarray, path: object, what: str, label: int | None = N
         Non-integer values (a probability map: threshold it first), or more than one non-zero value without
         ``label`` (a label map: say which class with ``label``), or ``label`` not present anywhere.
     """
-    from .errors import InputError
+    from ..errors import InputError
 
     values = np.unique(data)
     if not np.array_equal(values, np.round(values)):
@@ -311,7 +311,7 @@ def evaluate_pairs(pairs: Iterable[EvaluationPair], label: int | None = None) ->
     masks by :func:`binary_mask`: binary masks as they are, label maps only with ``label`` (the class to
     score), float-valued masks refused.
     """
-    from .io import read_volume
+    from ..io import read_volume
 
     rows = []
     for pair in pairs:
