@@ -23,8 +23,10 @@ import torch  # noqa: E402
 from qmricore import checks  # noqa: E402
 from qmricore.datasets import label_files, read_label_map  # noqa: E402
 from qmricore.generators.pipeline import PipelineConfig, generate  # noqa: E402
+from qmricore.generators.priors import load_priors  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+LESION = load_priors().label_of("lesion")
 
 
 def _axial(volume: np.ndarray, z: int | None = None) -> np.ndarray:
@@ -60,7 +62,7 @@ def main() -> None:
                                                "augment": {"crop": None}})
             sample = generate(torch.from_numpy(labels), config, seed=100 + k)
             image, label = sample.image[0].numpy(), sample.label.numpy()
-            lesion = label == 6
+            lesion = label == LESION
             z = int(np.argwhere(lesion)[:, 2].mean()) if lesion.any() else image.shape[2] // 2
             note = "unseen in training" if seq == "mprage" else "training"
             _show(axes[row, col], _axial(image, z), f"{note}: {seq}, head {k % len(files)}", _axial(lesion, z))

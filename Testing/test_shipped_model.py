@@ -25,9 +25,9 @@ def test_shipped_model_is_small_and_self_describing(name: str) -> None:
     meta = read_meta(path)
     assert meta.kind == "segmenter" and meta.classes[0] == "background" and meta.classes[-1] == "lesion"
     assert meta.classes in (("background", "lesion"), ("background", "gm", "wm", "gm_wm_pv", "csf", "lesion"))
-    assert meta.network.classes == config["network"]["classes"]
     # the file was trained by the config shipped next to it
     config = json.loads(path.with_suffix(".json").read_text())
+    assert meta.network.classes == config["network"]["classes"]
     assert meta.inference.patch == tuple(config["data"]["patch_size"])
     assert meta.preprocessing.spacing == config["data"]["preprocessing"]["spacing"]
     assert meta.training["config"]["data"]["generator"] == config["data"]["generator"]

@@ -74,9 +74,9 @@ def test_bad_label_files_are_named(tmp_path, folder):
     with pytest.raises(InputError, match="holds no NIfTI files"):
         label_files(tmp_path)
     bad = head()
-    bad[0, 0, 0] = 12
+    bad[0, 0, 0] = 99
     nib.save(nib.Nifti1Image(bad, AFFINE), tmp_path / "bad.nii.gz")
-    with pytest.raises(InputError, match=r"bad.nii.gz: unknown label value\(s\) \[12\]"):
+    with pytest.raises(InputError, match=r"bad.nii.gz: unknown label value\(s\) \[99\]"):
         read_label_map(tmp_path / "bad.nii.gz")
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.int16), AFFINE), tmp_path / "empty.nii.gz")
     with pytest.raises(InputError, match="empty.nii.gz: label map is empty"):

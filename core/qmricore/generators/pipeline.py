@@ -294,7 +294,7 @@ def _priors_for(config: PipelineConfig, priors: TissuePriors | None) -> TissuePr
 
 
 def _lesion_label(priors: TissuePriors) -> int:
-    return priors.label_of("lesion") if "lesion" in priors.names else 6
+    return priors.label_of("lesion")  # (InputError naming the classes when the priors lack it)
 
 
 def _with_lesion(labels: Tensor, draw: SampleDraw, config: PipelineConfig, priors: TissuePriors,

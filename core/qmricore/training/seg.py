@@ -36,18 +36,24 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError, ParameterError
+from ..generators.priors import load_priors
 from ..io import label_file, map_set_folders, nifti_files, paired_files
-from ..models.networks import build_segmenter
+from ..models.networks import CLASS_SETS, build_segmenter
 from .config import SegTrainConfig, config_to_dict
 from .loop import sample_seed
 
-LESION_LABEL = 6
 RETRIES = 5  # synthetic draws tried per sample before giving up
-#: Label-convention value → class index, per class set (unlisted labels map to 0).
-CLASS_MAPS: dict[str, dict[int, int]] = {
-    "binary": {LESION_LABEL: 1},
-    "tissue": {1: 1, 2: 2, 3: 3, 4: 4, LESION_LABEL: 5},
-}
+
+
+def _class_maps() -> dict[str, dict[int, int]]:
+    """Label value → class index per class set: each class of the set found by name in the priors' class table
+    (the one place label values live); unlisted labels (background, non-brain and head tissues) map to 0."""
+    priors = load_priors()
+    return {name: {priors.label_of(c): i for i, c in enumerate(names) if i > 0} for name, names in CLASS_SETS.items()}
+
+
+CLASS_MAPS: dict[str, dict[int, int]] = _class_maps()
+LESION_LABEL = load_priors().label_of("lesion")
 
 
 def check_label_values(values: np.ndarray, classes: str, path: object) -> None:
