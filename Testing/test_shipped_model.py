@@ -15,7 +15,7 @@ from qmricore.models.model_file import read_meta
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "Resources" / "Models"
 SAMPLE = ROOT / "Resources" / "SampleData"
-SHIPPED = ("lesion_seg_qsynth.pt", "lesion_seg_synth.pt")
+SHIPPED = ("lesion_seg_qsynth.pt",)
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -273,5 +273,5 @@ def test_standin_model_table_shows_the_shipped_models(tmp_path):
     assert table.columnCount() == 5 and table.rowCount() == len(shipped) + 1
     assert [table.horizontalHeaderItem(c).text() for c in range(5)] == ["Name", "Classes", "Expected input",
                                                                         "Source", "Size"]
-    assert [table.item(r, 0).text() for r in range(len(shipped))] == ["lesion_seg_qsynth", "lesion_seg_synth"]
-    assert table.item(0, 1).text() == "2: background, lesion"
+    assert [table.item(r, 0).text() for r in range(len(shipped))] == ["lesion_seg_qsynth"]
+    assert table.item(0, 1).text() == "6: background, GM, WM, GM/WM PV, CSF, lesion"

@@ -29,10 +29,10 @@ def test_model_list_has_the_shipped_models_then_imported_synthstroke_ones(scene,
     folder = tmp_path / "models"
     logic = QMRISegmentLogic(scene, modelFolder=folder)
     shipped, problems = logic.listModels()
-    assert problems == [] and [m.name for m in shipped] == ["lesion_seg_qsynth", "lesion_seg_synth"]
-    assert shipped[0].row() == ("lesion_seg_qsynth", "2: background, lesion",
+    assert problems == [] and [m.name for m in shipped] == ["lesion_seg_qsynth"]
+    assert shipped[0].row() == ("lesion_seg_qsynth", "6: background, GM, WM, GM/WM PV, CSF, lesion",
                                 "1 image, RAS 2 mm, percentile-normalised",
-                                "shipped with qmricore (trained on qsynth data)", "2.5 MB")
+                                "shipped with qmricore (trained on qsynth data)", "9.8 MB")
     assert len(MODEL_TABLE_COLUMNS) == len(shipped[0].row())
 
     # a downloaded Hugging Face folder (config says low_res) and a raw training checkpoint
@@ -61,9 +61,9 @@ def test_model_list_has_the_shipped_models_then_imported_synthstroke_ones(scene,
     assert again.path == folder / "synthstroke_binary_best_2.pt"
     (folder / "notes.pt").write_text("not a model")
     models, problems = logic.listModels()
-    assert [m.name for m in models] == ["lesion_seg_qsynth", "lesion_seg_synth", "SynthStroke 2-class 1 mm",
+    assert [m.name for m in models] == ["lesion_seg_qsynth", "SynthStroke 2-class 1 mm",
                                         "SynthStroke 2-class 1 mm", "SynthStroke 6-class 2 mm"]
-    assert [m.shipped for m in models] == [True, True, False, False, False]
+    assert [m.shipped for m in models] == [True, False, False, False]
     assert len(problems) == 1 and problems[0].startswith(f"{folder / 'notes.pt'}: not a qmricore model file")
 
     # the chooser: picking an entry sets the model path that the segmentation job resolves

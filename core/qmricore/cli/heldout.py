@@ -1,7 +1,7 @@
 """``qmricore heldout``: held-out synthetic sets per contrast, and lesion segmenters scored on them.
 
 >>> qmricore heldout make --labels Resources/SampleData/sample_labels.nii.gz --out heldout.pt --n 8 --crop 96 112 96
->>> qmricore heldout score --set heldout.pt --model lesion_seg_qsynth.pt --model lesion_seg_synth.pt --out scores.json
+>>> qmricore heldout score --set heldout.pt --model lesion_seg_qsynth.pt --model other.pt --out scores.json
 
 See :mod:`qmricore.inference.heldout` for the seeds, the contrasts and the scores.
 """
