@@ -97,7 +97,7 @@ def test_lesion_draws_replay_bit_exactly_from_json():
 
 def test_soft_label_maps_get_lesions_too():
     lab = brain(24)
-    soft = torch.nn.functional.one_hot(lab, 7).permute(3, 0, 1, 2).float()
+    soft = torch.nn.functional.one_hot(lab, load_priors().n_classes).permute(3, 0, 1, 2).float()
     p_soft = synth_lesion(soft, gen(2))
     p_hard = synth_lesion(lab, gen(2))
     assert torch.allclose(p_soft, p_hard, atol=1e-6)
@@ -120,7 +120,7 @@ def test_paste_lesion_into_hard_labels():
 
 def test_paste_lesion_into_soft_labels():
     lab = brain(24)
-    soft = torch.nn.functional.one_hot(lab, 7).permute(3, 0, 1, 2).float()
+    soft = torch.nn.functional.one_hot(lab, load_priors().n_classes).permute(3, 0, 1, 2).float()
     soft[1], soft[2] = 0.5 * (soft[1] + soft[2]), 0.5 * (soft[1] + soft[2])  # mixed GM/WM voxels
     p = synth_lesion(lab, gen(4))
     out = paste_lesion(soft, p)
