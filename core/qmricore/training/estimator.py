@@ -143,7 +143,8 @@ class EstimatorSampler:
     def _brain_box(self, labels: torch.Tensor) -> tuple[list[int], list[int]] | None:
         """Bounding box of the brain classes: crops are centred in it (a whole head's 48³ crops are otherwise
         mostly air, neck and scalp, and the estimator learns the brain from few voxels)."""
-        brain = torch.isin(labels, torch.tensor([self.priors.label_of(n) for n in BRAIN if n in self.priors.names]))
+        values = [self.priors.label_of(n) for n in BRAIN if n in self.priors.names]
+        brain = torch.isin(labels, torch.tensor(values, device=labels.device))
         idx = torch.nonzero(brain)
         if idx.numel() == 0:
             return None
@@ -172,7 +173,8 @@ class EstimatorSampler:
         draw = draw_maps(self.priors, torch.Generator().manual_seed(int(rng.integers(0, 2**62))))
         cropped = cropped + background
         unmeasured = [self.priors.label_of(n) for n in UNMEASURED if n in self.priors.names]
-        return apply_maps(cropped, self.priors, draw), aug, ~torch.isin(cropped, torch.tensor(unmeasured))
+        measured = ~torch.isin(cropped, torch.tensor(unmeasured, device=cropped.device))
+        return apply_maps(cropped, self.priors, draw), aug, measured
 
     def sample(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         from ..generators.augment import apply_intensity, apply_spatial, sampling_grid
