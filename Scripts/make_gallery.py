@@ -84,9 +84,7 @@ def main() -> None:
     maps = load_map_set(folder=sample_dir())
     probs = checks._mni_probabilities(maps.reference)
     mask = checks.lesion_shape(probs["wm"] > 0.6, maps.reference.zooms, rng, 20.0)
-    w = checks._soft(mask)
-    lesioned = {k: v * (1 - w) + w * checks.LESION_TISSUE[k] if k in checks.LESION_TISSUE else v
-                for k, v in maps.maps.items()}
+    lesioned = checks.lesion_into_maps(maps.maps, mask)
     z = int(np.argwhere(mask)[:, 2].mean())
     for col, name in enumerate(("3T FLAIR", "MPRAGE ADNI-like"), start=2):
         sequence, params = preset(name)

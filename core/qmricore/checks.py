@@ -51,12 +51,13 @@ from .errors import QMRIError
 from .io import Volume, read_volume
 
 __all__ = ["RealHead", "REAL_HEADS", "load_real_head", "lesion_shape", "paint_t1_lesion", "check_segmenter",
-           "check_estimator", "markdown_report", "HELDOUT_HEAD_SEEDS", "LESION_TISSUE"]
+           "check_estimator", "lesion_into_maps", "markdown_report", "HELDOUT_HEAD_SEEDS", "LESION_TISSUE"]
 
 #: Seeds of the held-out heads (the shipped Resources/TrainingAnatomy uses seeds 0-19).
 HELDOUT_HEAD_SEEDS = (1000, 1001, 1002, 1003)
 #: Tissue values of the lesions put into the sample maps (3 T): a chronic infarct, T1 ~2.2 s, T2 ~160 ms,
-#: water ~90 %, low MT.  Chosen here, independently of the training priors.
+#: water ~90 %, low MT.  PD and MT in percent units, R1/R2/R2* in 1/s.  Chosen here, independently of the
+#: training priors.
 LESION_TISSUE = {"pd": 90.0, "r1": 0.45, "r2": 6.2, "r2s": 9.0, "mt": 0.4}
 LESION_ML = (2.0, 60.0)  # log-uniform volume range of the check lesions
 
@@ -173,6 +174,13 @@ def _soft(mask: np.ndarray) -> np.ndarray:
     return np.clip(ndimage.gaussian_filter(mask, 0.7), 0.0, 1.0) * (ndimage.binary_dilation(mask > 0))
 
 
+def lesion_into_maps(maps: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, np.ndarray]:
+    """The maps with :data:`LESION_TISSUE` mixed in by the soft-edged ``mask`` (maps it does not cover stay)."""
+    w = _soft(mask)
+    return {k: (v * (1 - w) + w * LESION_TISSUE[k]).astype(np.float32) if k in LESION_TISSUE else v
+            for k, v in maps.items()}
+
+
 def paint_t1_lesion(image: np.ndarray, mask: np.ndarray, levels: dict[str, float],
                     rng: np.random.Generator) -> np.ndarray:
     """A T1w-hypointense lesion painted into ``image``: intensity between CSF and GM (a chronic infarct),
@@ -260,9 +268,7 @@ def lesion_rows(model: Any, n: int, heads: Sequence[RealHead] = REAL_HEADS, seed
     for _ in range(n):
         ml = float(np.exp(rng.uniform(*np.log(LESION_ML))))
         mask = lesion_shape(probs["wm"] > 0.6, maps.reference.zooms, rng, ml)
-        w = _soft(mask)
-        lesioned = {k: (v * (1 - w) + w * LESION_TISSUE[k]).astype(np.float32) if k in LESION_TISSUE else v
-                    for k, v in maps.maps.items()}
+        lesioned = lesion_into_maps(maps.maps, mask)
         for contrast, name in (("flair", "3T FLAIR"), ("mprage", "MPRAGE ADNI-like")):
             sequence, params = preset(name)
             image = np.asarray(simulate(sequence, lesioned, snr=30.0, seed=int(rng.integers(2**31)), **params))

@@ -283,7 +283,7 @@ def apply_head(labels: np.ndarray, affine: np.ndarray, draw: HeadDraw, config: H
     rng = np.random.default_rng(draw.field_seed)
 
     # grid padded so that scalp and neck fit
-    px, py, pz_lo, pz_hi = (config.pad_mm[0], config.pad_mm[1], config.pad_mm[2], config.pad_mm[3])
+    px, py, pz_lo, pz_hi = config.pad_mm
     pad = [(int(round(px / voxel[0])),) * 2, (int(round(py / voxel[1])),) * 2,
            (int(round(pz_lo / voxel[2])), int(round(pz_hi / voxel[2])))]
     lab = np.pad(lab, pad)

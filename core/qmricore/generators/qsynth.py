@@ -51,7 +51,7 @@ class QSynthConfig:
         Lowest PD (p.u.); PD is never negative.
     r1_min, r2s_min
         Floors of the relaxation rates (1/s); 0.05 1/s is T1 = 20 s, 0.3 1/s is T2* = 3.3 s, both
-        longer than pure water at body temperature.
+        longer than pure water at body temperature; ``r2s_min`` is also the floor of R2 (when the priors have R2).
     mt_range
         MT saturation is clipped to this range (percent units).
     """

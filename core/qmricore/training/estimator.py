@@ -132,6 +132,7 @@ class EstimatorSampler:
 
         return load_priors(self.data.priors)
 
+    @cached_property
     def _augment_config(self) -> Any:
         from ..generators.augment import AugmentConfig
 
@@ -163,10 +164,10 @@ class EstimatorSampler:
 
         if self.data.labels is None:
             maps = self.map_sets[int(rng.integers(len(self.map_sets)))]
-            aug = draw_augment(tuple(maps["pd"].shape), self._augment_config(), int(rng.integers(0, 2**62)))
+            aug = draw_augment(tuple(maps["pd"].shape), self._augment_config, int(rng.integers(0, 2**62)))
             return maps, aug, None
         labels = self.label_maps[int(rng.integers(len(self.label_maps)))]
-        aug = draw_augment(tuple(labels.shape), self._augment_config(), int(rng.integers(0, 2**62)),
+        aug = draw_augment(tuple(labels.shape), self._augment_config, int(rng.integers(0, 2**62)),
                            focus=self._brain_box(labels))
         background = self.priors.background_label
         cropped = apply_spatial(labels - background, aug.spatial, grid=sampling_grid(aug.spatial, labels.device))
