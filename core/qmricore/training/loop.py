@@ -5,7 +5,8 @@ from sample indices, the loss, what to store with the model) and calls :func:`ru
 
 1. seeds torch/numpy/Python from ``loop.seed`` and builds the network (identical on every process);
 2. with ``resume=True`` and a ``checkpoint.pt`` in the output folder, restores the network,
-   optimiser, poly-LR scheduler, random states and step counter from it;
+   optimiser, poly-LR scheduler, random states and step counter from it; otherwise, with ``loop.init``,
+   starts the network from that model file's weights (fine-tuning);
 3. runs the steps: batch → forward → loss → AdamW step → LR step, with a tqdm progress bar;
 4. every ``log_every`` steps appends one JSON line to ``train_log.jsonl`` (step, loss and its parts
    averaged over processes, learning rate, seconds, the sample indices of every process);
@@ -102,6 +103,8 @@ def train_with_config(config: Any, out_dir: str | os.PathLike[str], sampler: Any
         raise InputError("already holds a training checkpoint; pass --resume to continue it or choose another --out",
                          out)
     sampler.check_data()
+    if config.loop.init:
+        load_initial_weights(build_model(), config.loop.init)  # a bad init file fails before anything is written
     if os.environ.get("RANK", "0") == "0":
         ensure_folder(out)
         if not (resume and (out / "config.json").exists()):
@@ -135,6 +138,18 @@ def make_optimizer(model: nn.Module, config: OptimizerConfig, iterations: int) -
         optimizer, partial(poly_factor, total=iterations, power=config.poly_power)
     )
     return optimizer, scheduler
+
+
+def load_initial_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
+    """Start ``model`` from the weights of the model file ``path`` (``loop.init``); they must fit exactly."""
+    from ..models.model_file import load_model
+
+    source = load_model(path).network
+    try:
+        model.load_state_dict(source.state_dict(), strict=True)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0][:160]
+        raise InputError(f"loop.init: its network differs from the config's ({first})", path) from error
 
 
 def seed_everything(seed: int) -> None:
@@ -207,10 +222,12 @@ def run_training(
     optimizer, scheduler = make_optimizer(model, job.optimizer, loop.iterations)
     seed_everything(loop.seed + 7919 * info.rank)  # per-process dropout streams
     start = 0
+    state = load_latest_checkpoint(out, map_location=device) if resume else None
+    if state is not None:
+        start = restore_training_state(state, model, optimizer, scheduler, rank=info.rank)
+    elif loop.init:
+        load_initial_weights(model, loop.init)
     if resume:
-        state = load_latest_checkpoint(out, map_location=device)
-        if state is not None:
-            start = restore_training_state(state, model, optimizer, scheduler, rank=info.rank)
         if info.is_main:
             _trim_log(log_path, start)  # no checkpoint yet: the steps a killed run logged are redone from 0
     ddp.barrier(info)
