@@ -146,3 +146,21 @@ def test_lesion_errors():
         LesionDraw.from_dict({"centres": []})
     with pytest.raises(ValueError, match="volume_ml"):
         LesionConfig(volume_ml=(0.0, 1.0))
+
+
+def test_lesion_contrast_is_the_lesion_shell_difference_in_shell_spreads() -> None:
+    from qmricore.generators.lesions import lesion_contrast
+
+    g = torch.Generator().manual_seed(0)
+    image = 1.0 + 0.1 * torch.randn(40, 40, 40, generator=g)
+    grid = torch.stack(torch.meshgrid(*[torch.arange(40)] * 3, indexing="ij"))
+    lesion = ((grid - 20) ** 2).sum(0) <= 25
+    brain = torch.ones_like(lesion)
+    image[lesion] += 0.3
+    assert lesion_contrast(image, lesion, brain) == pytest.approx(3.0, rel=0.1)  # 0.3 / 0.1
+    image[lesion] -= 0.6  # hypointense: the same magnitude
+    assert lesion_contrast(image[None], lesion, brain) == pytest.approx(3.0, rel=0.1)
+    assert lesion_contrast(image, lesion, torch.zeros_like(lesion)) is None  # no brain around it
+    tiny = torch.zeros_like(lesion)
+    tiny[20, 20, 20:23] = True
+    assert lesion_contrast(image, tiny, brain) is None

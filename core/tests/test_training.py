@@ -274,6 +274,36 @@ def test_an_interrupted_run_resumes_to_bit_identical_weights(tmp_path: Path) -> 
     assert [e["iteration"] for e in log if "loss" in e] == list(range(1, 11))  # no step lost or repeated
 
 
+def test_loop_init_starts_from_a_model_files_weights_and_a_misfit_is_refused(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from qmricore.models.model_file import load_model, save_model
+
+    first = run_training(_toy_job(4), tmp_path / "first", device="cpu", progress=False)
+    job = _toy_job(1, lr=1e-12)  # one step that cannot move the weights measurably
+    job = replace(job, loop=replace(job.loop, init=str(first)))
+    again = run_training(job, tmp_path / "again", device="cpu", progress=False)
+    a, b = load_model(first).network.state_dict(), load_model(again).network.state_dict()
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+    fresh = run_training(_toy_job(1, lr=1e-12), tmp_path / "fresh", device="cpu", progress=False)
+    c = load_model(fresh).network.state_dict()
+    assert not all(torch.allclose(a[k].float(), c[k].float(), atol=1e-6) for k in a)  # init did something
+    other = SegmenterConfig(classes="binary", channels=(4, 8, 16))
+    wrong = save_model(tmp_path / "wrong.pt", build_segmenter(other), other)
+    job = _toy_job(1)
+    with pytest.raises(InputError, match="loop.init: its network differs"):
+        run_training(replace(job, loop=replace(job.loop, init=str(wrong))), tmp_path / "bad", device="cpu",
+                     progress=False)
+
+
+def test_config_resolves_loop_init_against_the_config_folder(tmp_path: Path) -> None:
+    path = tmp_path / "cfg" / "train.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"task": "seg", "data": {"mode": "qsynth", "labels": "labels.nii.gz"},
+                                "loop": {"init": "start.pt"}}))
+    assert load_config(path).loop.init == str(path.parent.resolve() / "start.pt")
+
+
 def test_seg_config_defaults_build_the_spec_network() -> None:
     cfg = SegTrainConfig()
     assert cfg.network.num_res_units == 1 and cfg.network.act == "PRELU" and cfg.network.norm == "INSTANCE"
@@ -302,6 +332,37 @@ def test_synthetic_modes_give_seeded_normalised_patches(mode: str) -> None:
     again, _ = sampler.sample(5)
     other, _ = sampler.sample(6)
     assert torch.equal(image, again) and not torch.equal(image, other)
+
+
+@needs_sample
+def test_min_lesion_contrast_redraws_samples_whose_lesion_is_too_faint() -> None:
+    from qmricore.generators.lesions import lesion_contrast
+    from qmricore.training.seg import BRAIN_LABELS, LESION_LABEL, SegSampler
+
+    def sampler(threshold: float) -> SegSampler:
+        return SegSampler(config_from_dict({
+            "task": "seg", "network": {"classes": "tissue", "channels": [4, 8]},
+            "data": {"mode": "qsynth", "labels": str(SAMPLE / "sample_labels.nii.gz"), "patch_size": [32, 32, 32],
+                     "sequences": ["gre", "fse", "flair"], "min_lesion_contrast": threshold,
+                     "generator": {"lesion_prob": 1.0, "lesion_focus_prob": 1.0}, "preprocessing": {"spacing": 2.0}}}))
+
+    def contrasts(s: SegSampler) -> list[float]:
+        out = []
+        for k in range(12):
+            image, classes = s.sample(k)
+            lesion = classes[0] == 5
+            brain = (classes[0] >= 1) & (classes[0] <= 4)
+            c = lesion_contrast(image, lesion, brain) if lesion.any() else None
+            if c is not None:
+                out.append(c)
+        return out
+
+    assert LESION_LABEL == 6 and BRAIN_LABELS.tolist() == [1, 2, 3, 4]
+    free, strict = contrasts(sampler(0.0)), contrasts(sampler(1.0))
+    assert min(free) < 1.0  # without the criterion some lesions are faint ...
+    assert sum(c >= 1.0 for c in strict) > sum(c >= 1.0 for c in free)  # ... with it, more are visible
+    with pytest.raises(Exception, match="min_lesion_contrast"):
+        sampler(-1.0)
 
 
 @needs_sample

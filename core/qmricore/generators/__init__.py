@@ -11,7 +11,15 @@
 from __future__ import annotations
 
 from .gmm import GMMConfig, GMMDraw, apply_gmm, draw_gmm
-from .lesions import LesionConfig, LesionDraw, draw_lesion, paste_lesion, render_lesion, synth_lesion
+from .lesions import (
+    LesionConfig,
+    LesionDraw,
+    draw_lesion,
+    lesion_contrast,
+    paste_lesion,
+    render_lesion,
+    synth_lesion,
+)
 from .pipeline import PipelineConfig, Sample, SampleDraw, generate, generate_batch, regenerate
 from .priors import HYPER, PARAMETERS, ParameterPrior, TissuePriors, default_priors_path, fit_priors, load_priors
 from .qsynth import (
@@ -31,7 +39,7 @@ __all__ = [
     "HYPER", "PARAMETERS", "ParameterPrior", "TissuePriors", "default_priors_path", "fit_priors", "load_priors",
     "MapDraw", "QSynthConfig", "SequenceDraw", "apply_maps", "class_weights", "draw_maps", "draw_qatlas_mprage",
     "draw_sequence", "mprage_readouts", "sample_maps",
-    "LesionConfig", "LesionDraw", "draw_lesion", "paste_lesion", "render_lesion", "synth_lesion",
+    "LesionConfig", "LesionDraw", "draw_lesion", "lesion_contrast", "paste_lesion", "render_lesion", "synth_lesion",
     "GMMConfig", "GMMDraw", "apply_gmm", "draw_gmm",
     "PipelineConfig", "Sample", "SampleDraw", "generate", "generate_batch", "regenerate",
 ]

@@ -354,3 +354,31 @@ def paste_lesion(labels: Any, lesion: Any, lesion_label: int = 6, priors: Tissue
     else:
         raise InputError(f"label map must be 3D (X,Y,Z) or 4D (C,X,Y,Z), got shape {tuple(lab.shape)}")
     return out.cpu().numpy() if is_numpy and isinstance(labels, np.ndarray) else out
+
+
+def lesion_contrast(image: Tensor, lesion: Tensor, brain: Tensor, shell_voxels: int = 3) -> float | None:
+    """How visible a lesion is in an image: ``|mean(lesion) − mean(shell)| / std(shell)``.
+
+    The shell is the brain within ``shell_voxels`` voxels of the lesion (outside it): the tissue a reader
+    compares the lesion with.  A lesion 1 shell-spread away from its surroundings is faint but visible; below
+    ~0.5 it is lost in the texture, partial volume and noise of the surrounding brain.  Returns ``None`` when
+    the lesion or its shell has fewer than 10 voxels (nothing to judge).
+
+    Parameters
+    ----------
+    image
+        (X, Y, Z) or (1, X, Y, Z) intensities.
+    lesion, brain
+        Boolean masks of the image's spatial shape.
+    """
+    import torch.nn.functional as F
+
+    image = image.reshape(lesion.shape).float()
+    width = 2 * int(shell_voxels) + 1
+    near = F.max_pool3d(lesion[None, None].float(), width, stride=1, padding=int(shell_voxels))[0, 0] > 0
+    shell = near & ~lesion & brain
+    if int(lesion.sum()) < 10 or int(shell.sum()) < 10:
+        return None
+    around = image[shell]
+    spread = float(around.std())
+    return abs(float(image[lesion].mean()) - float(around.mean())) / max(spread, 1e-12)

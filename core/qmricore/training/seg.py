@@ -54,6 +54,8 @@ def _class_maps() -> dict[str, dict[int, int]]:
 
 CLASS_MAPS: dict[str, dict[int, int]] = _class_maps()
 LESION_LABEL = load_priors().label_of("lesion")
+#: Label values of the brain tissue a lesion is compared with (its surroundings).
+BRAIN_LABELS = torch.tensor([load_priors().label_of(c) for c in ("gm", "wm", "gm_wm_pv", "csf")])
 
 
 def check_label_values(values: np.ndarray, classes: str, path: object) -> None:
@@ -224,14 +226,29 @@ class SegSampler:
         maps = self.label_maps
         labels, zooms = maps[seed % len(maps)]
         config = with_voxel_size(self._pipeline, zooms)
-        for attempt in range(RETRIES):  # a rare draw can crop away every label: the next seed, deterministically
-            try:
+        for attempt in range(RETRIES):  # the next seed, deterministically, for a draw that cropped away every label
+            try:                          # or (data.min_lesion_contrast) rendered its lesion too faint
                 sample = generate(labels.to(self.device), config, seed // len(maps) + attempt, device=self.device)
-                return sample.image, to_classes(sample.label, self.classes)
             except InputError:
                 if attempt + 1 == RETRIES:
                     raise
+                continue
+            if attempt + 1 == RETRIES or self._lesion_visible(sample.image, sample.label):
+                return sample.image, to_classes(sample.label, self.classes)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _lesion_visible(self, image: torch.Tensor, label: torch.Tensor) -> bool:
+        """False when the sample has a lesion fainter than ``data.min_lesion_contrast`` (True without a lesion)."""
+        if self.data.min_lesion_contrast <= 0 or label.dim() != 3:  # (soft labels: no hard lesion to judge)
+            return True
+        from ..generators.lesions import lesion_contrast
+
+        label = label.round().long()
+        lesion = label == LESION_LABEL
+        if not bool(lesion.any()):
+            return True
+        contrast = lesion_contrast(image, lesion, torch.isin(label, BRAIN_LABELS.to(label.device)))
+        return contrast is None or contrast >= self.data.min_lesion_contrast
 
     def _qatlas(self, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         from ..physics import simulate
