@@ -137,12 +137,17 @@ def _regularised(a: np.ndarray, y: np.ndarray, chi2_factor: float) -> np.ndarray
     return solve(brentq(excess, lo, hi, xtol=1e-3))
 
 
-def _validate(echoes: np.ndarray, te: float) -> None:
+def check_te(te: float) -> None:
+    """Raise :class:`ParameterError` unless ``te`` is a plausible echo spacing in seconds."""
     if not (isinstance(te, (int, float, np.floating)) and math.isfinite(te) and te > 0):
         raise ParameterError(f"mwf: the echo spacing TE must be > 0 s, got {te!r}")
     if te > 1.0:
         raise ParameterError(f"mwf: TE = {te:g} s is beyond an echo spacing; times are in seconds "
                              f"({te / 1000.0:g} s if {te:g} was milliseconds)")
+
+
+def _validate(echoes: np.ndarray, te: float) -> None:
+    check_te(te)
     if echoes.ndim < 1 or echoes.shape[-1] < 4:
         raise InputError(f"mwf: need at least 4 echoes along the last axis, got shape {echoes.shape}")
     if not np.all(np.isfinite(echoes)):
