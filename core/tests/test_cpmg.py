@@ -79,6 +79,22 @@ def test_matches_the_reference_epg(seed: int) -> None:
         np.testing.assert_allclose(got[i], want, rtol=1e-6, atol=1e-14 * want[0])
 
 
+#: (T1, T2) in seconds at 1.5 T and 3 T (SPEC §4 asks for WM/GM/CSF/lesion at both field strengths).
+TISSUES = {
+    "wm 1.5T": (0.65, 0.075), "gm 1.5T": (1.10, 0.095), "csf 1.5T": (4.0, 2.0), "lesion 1.5T": (1.0, 0.15),
+    "wm 3T": (0.85, 0.07), "gm 3T": (1.40, 0.09), "csf 3T": (4.0, 1.8), "lesion 3T": (1.3, 0.13),
+}
+
+
+@pytest.mark.parametrize("tissue", sorted(TISSUES))
+def test_tissues_at_both_field_strengths_and_b1_errors(tissue: str) -> None:
+    t1, t2 = TISSUES[tissue]
+    b1t = np.array([0.8, 1.0, 1.2])
+    got = cpmg(np.full(3, t2), np.full(3, t1), te=0.01, n_echoes=32, refocus=165.0, b1t=b1t)
+    for i, b in enumerate(b1t):
+        np.testing.assert_allclose(got[i], epg_reference(t2, t1, 0.01, 32, 165.0, b), rtol=1e-6)
+
+
 def test_ideal_train_is_a_pure_exponential() -> None:
     t2 = np.array([0.01, 0.02, 0.08, 0.5, 2.0])
     got = cpmg(t2, np.full(5, 1.0), te=0.01, n_echoes=32, refocus=180.0, b1t=np.ones(5))
