@@ -56,6 +56,11 @@ def _scratch(root: Path) -> Path:
     _nifti(same / "sample_MT.nii.gz", (head * (1 + rng.random(SHAPE))).astype(np.float32))
     _nifti(same / "sample_labels.nii.gz", labels)
     _nifti(same / "flair.nii.gz", rng.random(SHAPE).astype(np.float32))
+    echoes = np.exp(-0.01 * np.arange(1, 9) / 0.08).astype(np.float32) * np.ones((*SHAPE, 1), np.float32)
+    _nifti(root / "me.nii.gz", echoes)
+    echoes[1, 2, 3, 4] = np.nan
+    _nifti(root / "me_nan.nii.gz", echoes)
+    _nifti(root / "small_mask.nii.gz", np.ones((5, 5, 5), np.uint8))
     _nifti(root / "only_non_brain.nii.gz", np.where(labels > 0, 5, 0).astype(np.int16))
     _nifti(root / "all_zero.nii.gz", np.zeros(SHAPE, np.int16))
     for name, data in {"binary": head.astype(np.uint8), "multi": labels, "soft": rng.random(SHAPE)}.items():
@@ -216,6 +221,23 @@ CASES: dict[str, dict[str, Case]] = {
         "lesions 0": _case("check-model --model {root}/M.pt --out {root}/c --lesions 0", "--lesions must be >= 1"),
         "output under a file": _case("check-model --model {root}/M.pt --out {root}/somefile/c", "somefile is a file"),
         "not a model file": _case("check-model --model {root}/same/flair.nii.gz --out {root}/c", "flair.nii.gz"),
+    },
+    "mwf": {
+        "3D input": _case("mwf --input {root}/same/flair.nii.gz --te 0.01 --out {root}/w",
+                          "flair.nii.gz: multi-echo series: is 3D (shape (10, 10, 10)); a 4D series"),
+        "TE 0": _case("mwf --input {root}/me.nii.gz --te 0 --out {root}/w", "TE must be > 0 s"),
+        "TE negative": _case("mwf --input {root}/me.nii.gz --te -0.01 --out {root}/w", "TE must be > 0 s"),
+        "TE in ms": _case("mwf --input {root}/me.nii.gz --te 10 --out {root}/w", "times are in seconds"),
+        "echo count mismatch": _case("mwf --input {root}/me.nii.gz --te 0.01 --echoes 32 --out {root}/w",
+                                     "me.nii.gz: multi-echo series: has 8 echoes, --echoes says 32"),
+        "NaN voxels": _case("mwf --input {root}/me_nan.nii.gz --te 0.01 --out {root}/w",
+                            "me_nan.nii.gz: multi-echo series: contains 1 NaN/Inf voxel(s)"),
+        "missing file": _case("mwf --input {root}/nope.nii.gz --te 0.01 --out {root}/w",
+                              "nope.nii.gz: multi-echo series: no such file"),
+        "mask off the grid": _case("mwf --input {root}/me.nii.gz --te 0.01 --mask {root}/small_mask.nii.gz "
+                                   "--out {root}/w", "small_mask.nii.gz: mask: not on the grid of"),
+        "output under a file": _case("mwf --input {root}/me.nii.gz --te 0.01 --out {root}/somefile/w",
+                                     "somefile is a file"),
     },
     "evaluate": {
         "multi-label masks": _case("evaluate --pred {root}/multi --truth {root}/binary --out {root}/r.csv",

@@ -145,10 +145,10 @@ def _one_line(error: BaseException) -> str:
     return text or type(error).__name__
 
 
-def read_volume(path: str | os.PathLike[str], *, what: str = "volume") -> Volume:
-    """Read a 3D NIfTI volume (``.nii`` or ``.nii.gz``) as float32.
+def read_volume(path: str | os.PathLike[str], *, what: str = "volume", ndim: int = 3) -> Volume:
+    """Read a 3D NIfTI volume (``.nii`` or ``.nii.gz``) as float32; a 4D series with ``ndim=4``.
 
-    A 4D file whose extra dimensions are all 1 is squeezed to 3D.
+    A 4D file whose extra dimensions are all 1 is squeezed to 3D (``ndim=3`` only).
 
     Parameters
     ----------
@@ -156,6 +156,8 @@ def read_volume(path: str | os.PathLike[str], *, what: str = "volume") -> Volume
         The file.
     what
         What the file is meant to be (``"r1 map"``), used in error messages.
+    ndim
+        3 for a volume, 4 for a series of volumes on one grid (echoes, ...).
 
     Raises
     ------
@@ -179,12 +181,15 @@ def read_volume(path: str | os.PathLike[str], *, what: str = "volume") -> Volume
     if not isinstance(image, nib.Nifti1Image):
         raise InputError(f"{what}: not a NIfTI file ({type(image).__name__})", path)
     shape = tuple(int(s) for s in image.shape)
-    if len(shape) > 3 and all(s == 1 for s in shape[3:]):
+    if ndim == 3 and len(shape) > 3 and all(s == 1 for s in shape[3:]):
         shape = shape[:3]
-    if len(shape) != 3:
+    if len(shape) != ndim:
         kind = f"{len(shape)}D" if len(shape) > 1 else "1D"
-        hint = " (split the series first)" if len(shape) > 3 else ""
-        raise InputError(f"{what}: is {kind} (shape {shape}); a 3D volume is needed{hint}", path)
+        if ndim == 3:
+            needed = "a 3D volume is needed" + (" (split the series first)" if len(shape) > 3 else "")
+        else:
+            needed = "a 4D series (x, y, z, echoes) is needed"
+        raise InputError(f"{what}: is {kind} (shape {shape}); {needed}", path)
     try:
         data = np.asarray(image.get_fdata(dtype=np.float32), dtype=np.float32).reshape(shape)
     except Exception as error:

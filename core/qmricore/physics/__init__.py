@@ -2,7 +2,8 @@
 
 The public entry point is :func:`simulate`; the pure per-sequence equations live in
 :mod:`qmricore.physics.sequences`, the receive field and noise in :mod:`.noise`, and the field-strength
-re-scaling in :mod:`.field_strength`.
+re-scaling in :mod:`.field_strength`; CPMG multi-echo trains by extended phase graphs are :func:`cpmg`
+(:mod:`.epg`).
 
 >>> image = simulate("flair", {"pd": pd, "r1": r1, "r2s": r2s}, tr=9.0, te=0.1, ti=2.5)
 """
@@ -20,11 +21,12 @@ import torch
 from ..errors import InputError, ParameterError
 from . import sequences
 from ._backend import ArrayLike, compute_dtype, evaluate_chunked, like_input, to_tensor
+from .epg import cpmg
 from .field_strength import rescale_field_strength
 from .noise import noise_sigma, rician_noise
 
 __all__ = ["SEQUENCES", "SequenceSpec", "PARAMETER_BOUNDS", "simulate", "check_parameters", "rescale_field_strength",
-           "noise_sigma", "rician_noise", "sequences"]
+           "noise_sigma", "rician_noise", "sequences", "cpmg"]
 
 MAP_KEYS = ("pd", "r1", "r2s", "mt", "r2", "b1t", "b1r")
 REQUIRED_MAPS = ("pd", "r1", "r2s")

@@ -1,0 +1,83 @@
+"""``qmricore mwf``: myelin water fraction, geometric-mean T2 and refocusing angle from a multi-echo spin echo.
+
+Reads one 4D NIfTI series (x, y, z, echoes) of a CPMG train with echo spacing ``--te`` and writes, on its exact
+grid, ``MWF.nii.gz`` (fraction 0-1), ``T2GM.nii.gz`` (seconds), ``FLIP.nii.gz`` (fitted refocusing angle,
+degrees) and with ``--spectrum`` the 4D ``T2SPECTRUM.nii.gz`` (one volume per T2 bin), each atomically, after
+all are computed.  The method and its defaults are :mod:`qmricore.mwf.nnls` (docs/mwf.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+#: Output file per result.
+FILE_NAMES = {"mwf": "MWF.nii.gz", "t2gm": "T2GM.nii.gz", "flip": "FLIP.nii.gz", "spectrum": "T2SPECTRUM.nii.gz"}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "mwf",
+        help="myelin water fraction, geometric-mean T2 and refocusing angle from a multi-echo spin echo",
+        description="Fit a regularised NNLS T2 spectrum (DECAES method) per voxel of a 4D multi-echo spin-echo\n"
+                    "series and write MWF, T2GM and FLIP maps on its grid into <out>/.",
+        epilog="example:\n  qmricore mwf --input sub01_ME.nii.gz --te 0.01 --out sub01_mwf/ --mask brain.nii.gz",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--input", required=True, metavar="ME", help="4D NIfTI series (x, y, z, echoes)")
+    parser.add_argument("--te", required=True, type=float, help="echo spacing in seconds (e.g. 0.01)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    parser.add_argument("--method", default="nnls", choices=("nnls",), help="fitting method (default nnls)")
+    parser.add_argument("--mask", metavar="FILE", help="fit only voxels > 0 in this mask (on the input's grid)")
+    parser.add_argument("--echoes", type=int, metavar="N", help="expected number of echoes (checked against the "
+                                                                  "input's 4th dimension)")
+    parser.add_argument("--spectrum", action="store_true", help="also write the 4D T2 spectrum")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    from ..errors import InputError
+    from ..io import Volume, check_outputs, read_volume, write_nifti
+    from ..mwf.nnls import NNLSConfig, check_te, fit_nnls
+
+    check_te(args.te)
+    if args.echoes is not None and args.echoes < 4:
+        raise InputError(f"--echoes must be >= 4, got {args.echoes}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError("output must be a folder", out)
+    names = [n for k, n in FILE_NAMES.items() if k != "spectrum" or args.spectrum]
+    check_outputs([out / n for n in names], [args.input, args.mask], folders=[out])
+    series = read_volume(args.input, what="multi-echo series", ndim=4)
+    n_echoes = series.shape[3]
+    if args.echoes is not None and args.echoes != n_echoes:
+        raise InputError(f"multi-echo series: has {n_echoes} echoes, --echoes says {args.echoes}", args.input)
+    if n_echoes < 4:
+        raise InputError(f"multi-echo series: has {n_echoes} echoes; at least 4 are needed", args.input)
+    mask = None
+    if args.mask is not None:
+        mask_volume = read_volume(args.mask, what="mask")
+        if mask_volume.shape != series.shape[:3] or not np.allclose(mask_volume.affine, series.affine, atol=1e-4):
+            raise InputError(f"mask: not on the grid of {args.input} (shape {mask_volume.shape} vs "
+                             f"{series.shape[:3]})", args.mask)
+        mask = mask_volume.data > 0
+
+    config = NNLSConfig()
+    voxels = int(np.count_nonzero(series.data[..., 0] > 0 if mask is None else mask & (series.data[..., 0] > 0)))
+    with tqdm(total=voxels, unit="voxel", disable=not sys.stderr.isatty(), file=sys.stderr) as bar:
+        result = fit_nnls(series.data, args.te, mask=mask, config=config, progress=bar.update)
+
+    grid = Volume(data=series.data[..., 0], affine=series.affine, header=series.header, path=series.path)
+    outputs = {"mwf": result.mwf, "t2gm": result.t2gm, "flip": result.flip}
+    for key, data in outputs.items():
+        print(f"{key}: {write_nifti(out / FILE_NAMES[key], data.astype(np.float32), like=grid)}")
+    if args.spectrum:
+        spectrum_grid = Volume(data=np.broadcast_to(np.float32(0), (*series.shape[:3], config.n_bins)),
+                               affine=series.affine, header=series.header, path=series.path)
+        path = write_nifti(out / FILE_NAMES["spectrum"], result.spectrum.astype(np.float32), like=spectrum_grid)
+        print(f"spectrum: {path}")
+    return 0

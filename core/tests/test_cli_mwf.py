@@ -1,0 +1,67 @@
+"""``qmricore mwf`` end to end on a tiny 4D NIfTI series (in this process: ``qmricore.cli.main``).
+
+The bad-input rows of the command are in ``Testing/test_bad_inputs.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from qmricore.cli import main
+from qmricore.physics import cpmg
+
+TE, N_ECHOES = 0.01, 16
+
+
+def _series(path: Path) -> nib.Nifti1Image:
+    """A 4 x 3 x 2 x 16 oblique series: two-pool voxels with MWF 0.2, one empty voxel."""
+    t2 = np.array([0.02, 0.08])
+    trains = cpmg(t2, 1.0, te=TE, n_echoes=N_ECHOES, refocus=170.0)
+    train = 100.0 * (0.2 * trains[0] + 0.8 * trains[1])
+    data = np.broadcast_to(train, (4, 3, 2, N_ECHOES)).astype(np.float32).copy()
+    data[0, 0, 0] = 0.0
+    affine = np.array([[0.9, 0.1, 0.0, -10.0], [-0.1, 0.9, 0.0, 5.0], [0.0, 0.0, 2.5, 3.0], [0, 0, 0, 1]])
+    image = nib.Nifti1Image(data, affine)
+    image.header.set_qform(affine, code=1)
+    image.header.set_sform(affine, code=2)
+    nib.save(image, str(path))
+    return image
+
+
+def test_mwf_writes_the_maps_on_the_input_grid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = _series(tmp_path / "me.nii.gz")
+    out = tmp_path / "out"
+    assert main(["mwf", "--input", str(tmp_path / "me.nii.gz"), "--te", str(TE), "--out", str(out),
+                 "--echoes", str(N_ECHOES), "--spectrum"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["FLIP.nii.gz", "MWF.nii.gz", "T2GM.nii.gz",
+                                                     "T2SPECTRUM.nii.gz"]
+    for name in ("MWF", "T2GM", "FLIP", "T2SPECTRUM"):
+        image = nib.load(str(out / f"{name}.nii.gz"))
+        np.testing.assert_allclose(image.affine, source.affine, atol=1e-6)
+        np.testing.assert_allclose(image.header.get_sform(), source.header.get_sform(), atol=1e-6)
+        assert int(image.header["sform_code"]) == 2 and int(image.header["qform_code"]) == 1
+        assert image.shape[:3] == (4, 3, 2)
+    assert nib.load(str(out / "T2SPECTRUM.nii.gz")).shape == (4, 3, 2, 40)
+    mwf = nib.load(str(out / "MWF.nii.gz")).get_fdata()
+    flip = nib.load(str(out / "FLIP.nii.gz")).get_fdata()
+    assert mwf[0, 0, 0] == 0.0 and flip[0, 0, 0] == 0.0
+    np.testing.assert_allclose(mwf.reshape(-1)[1:], 0.2, atol=0.02)
+    np.testing.assert_allclose(flip.reshape(-1)[1:], 170.0, atol=2.0)
+    assert "mwf:" in capsys.readouterr().out
+
+
+def test_mask_limits_the_fit(tmp_path: Path) -> None:
+    source = _series(tmp_path / "me.nii.gz")
+    mask = np.zeros((4, 3, 2), np.uint8)
+    mask[1, 1, 1] = 1
+    nib.save(nib.Nifti1Image(mask, source.affine), str(tmp_path / "mask.nii.gz"))
+    out = tmp_path / "out"
+    assert main(["mwf", "--input", str(tmp_path / "me.nii.gz"), "--te", str(TE), "--out", str(out),
+                 "--mask", str(tmp_path / "mask.nii.gz")]) == 0
+    mwf = nib.load(str(out / "MWF.nii.gz")).get_fdata()
+    assert np.count_nonzero(mwf) == 1 and mwf[1, 1, 1] > 0.1
+    assert not (out / "T2SPECTRUM.nii.gz").exists()
