@@ -316,7 +316,7 @@ def synth_lesion(labels: Any, generator: torch.Generator, config: LesionConfig |
     return render_lesion(labels, draw, config, priors)
 
 
-def paste_lesion(labels: Any, lesion: Any, lesion_label: int = 6, priors: TissuePriors | None = None) -> Any:
+def paste_lesion(labels: Any, lesion: Any, lesion_label: int | None = None, priors: TissuePriors | None = None) -> Any:
     """Write a lesion into a label map (a new array; the input is not modified).
 
     Parameters
@@ -326,12 +326,15 @@ def paste_lesion(labels: Any, lesion: Any, lesion_label: int = 6, priors: Tissue
     lesion
         Lesion probability (X,Y,Z) in [0, 1], or a binary mask.
     lesion_label
-        Label value of the lesion class; for soft labels its channel is the position of this label in
-        ``priors.labels`` (default priors: label 6 -> channel 6).
+        Label value of the lesion class (default: the priors' ``lesion`` class); for soft labels its channel
+        is the position of this label in ``priors.labels``.
 
     Hard labels become ``lesion_label`` where ``lesion > 0.5``.  Soft labels are scaled by ``1 - p``
     and ``p`` is added to the lesion channel, so they still sum to one.
     """
+    if lesion_label is None:
+        priors = priors or load_priors()
+        lesion_label = priors.label_of("lesion")
     is_numpy = not isinstance(labels, Tensor)
     lab = _as_tensor(labels, None)
     les = _as_tensor(lesion, lab.device).float()
