@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .devices import resolve_device
 from .errors import InputError, ParameterError
 from .generators.pipeline import PipelineConfig, Sample, crop_affine, generate, with_voxel_size
 from .io import Volume, atomic_file, nifti_stem, read_volume
@@ -133,9 +134,7 @@ class SyntheticDataset(torch.utils.data.Dataset):
         if self.length < 1:
             raise ParameterError(f"length must be >= 1, got {self.length}")
         self.base_seed = int(base_seed)
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ParameterError("device 'cuda' requested but CUDA is not available")
+        self.device = resolve_device(device)
         self.epoch = 0
         self.cache = int(cache)
         self._maps: OrderedDict[Path, LabelMap] = OrderedDict()

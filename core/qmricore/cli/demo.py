@@ -127,8 +127,8 @@ def draw_montage(panels: list[tuple[str, np.ndarray]], affine: np.ndarray, path:
 
 def run(args: argparse.Namespace) -> int:
     import nibabel as nib
-    import torch
 
+    from ..devices import resolve_device
     from ..errors import ParameterError
     from ..io import atomic_file, check_outputs, load_map_set, write_nifti
     from ..physics import simulate
@@ -138,9 +138,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.snr > 0:
         raise ParameterError(f"--snr must be > 0, got {args.snr:g}")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ParameterError("--device cuda: no CUDA device is available")
+    device = str(resolve_device(args.device))
     folder = sample_dir()
     map_set = load_map_set(folder=folder)
     labels = np.asarray(nib.load(str(folder / LABEL_FILE)).dataobj)

@@ -178,16 +178,12 @@ def run(args: argparse.Namespace) -> int:
     _check_options(args)
     jobs = plan_jobs(args)
 
-    import torch
 
+    from ..devices import resolve_device
     from ..io import check_outputs, load_map_set, write_nifti
     from ..physics import rescale_field_strength, simulate
 
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device == "cuda" and not torch.cuda.is_available():
-        raise ParameterError("--device cuda: no CUDA device is available")
+    device = str(resolve_device(args.device))
 
     # 2. read and validate the maps
     files = {k: getattr(args, k) for k in MAP_OPTIONS}

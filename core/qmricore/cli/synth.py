@@ -62,10 +62,10 @@ def older_samples(out: object) -> list:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import torch
     from tqdm import tqdm
 
     from ..datasets import SyntheticDataset, sample_paths, write_sample
+    from ..devices import resolve_device
     from ..errors import InputError, ParameterError
     from ..generators.pipeline import PipelineConfig
     from ..generators.priors import load_priors
@@ -82,8 +82,7 @@ def run(args: argparse.Namespace) -> int:
             crop_shape((1, 1, 1), args.crop)
         except ParameterError as error:
             raise ParameterError(f"--crop: {error}") from None
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ParameterError("--device cuda requested but CUDA is not available")
+    resolve_device(args.device)  # a CUDA request without a CUDA device fails before anything is read
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError("output exists and is not a folder", out)

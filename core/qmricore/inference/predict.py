@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..devices import resolve_device
 from ..errors import InputError, ParameterError
 from ..io import Volume
 from ..models.model_file import LoadedModel
@@ -67,19 +68,6 @@ class SegmentationResult:
     @property
     def lesion_probability(self) -> np.ndarray:
         return self.probabilities[self.class_names.index("lesion")]
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA if available else CPU; ``"cuda"`` without a CUDA device is a ParameterError."""
-    name = str(device)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ParameterError("device 'cuda' requested but no CUDA device is available (use --device cpu or auto)")
-    try:
-        return torch.device(name)
-    except RuntimeError as error:
-        raise ParameterError(f"unknown device {name!r} (expected auto, cpu or cuda)") from error
 
 
 def volume_grid(volume: Volume) -> Grid:

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..devices import resolve_device
 from ..errors import InputError
 from ..io import atomic_file, clear_stale_temps, ensure_folder
 from . import distributed as ddp
@@ -118,16 +119,6 @@ def train_with_config(config: Any, out_dir: str | os.PathLike[str], sampler: Any
                       config=config_to_dict(config), loop=config.loop, optimizer=config.optimizer,
                       meta={"classes": list(classes), "preprocessing": sampler.preprocessing.to_dict()})
     return run_training(job, out, resume=resume, device=device, progress=progress)
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"``/``None`` → CUDA when available, else CPU; anything else as given."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device} requested but CUDA is not available")
-    return device
 
 
 def make_optimizer(model: nn.Module, config: OptimizerConfig, iterations: int) -> tuple[Any, Any]:

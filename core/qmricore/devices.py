@@ -1,0 +1,26 @@
+"""Where computation runs: the one place ``--device auto|cpu|cuda[:N]`` becomes a ``torch.device``."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import ParameterError
+
+__all__ = ["resolve_device"]
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"``/``None`` → CUDA when available, else CPU; anything else as given.
+
+    Raises :class:`~qmricore.errors.ParameterError` for CUDA without a CUDA device and for unknown names.
+    """
+    name = "auto" if device is None else str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ParameterError(f"device {name!r} requested but CUDA is not available: no CUDA device is available "
+                             "(use --device cpu or auto)")
+    try:
+        return torch.device(name)
+    except RuntimeError as error:
+        raise ParameterError(f"unknown device {name!r} (expected auto, cpu or cuda)") from error
