@@ -94,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         class_index(labels, priors)
     except InputError as error:
-        raise InputError(f"label map: {error}", volume.path) from None
+        problem = str(error)
+        raise InputError(problem if problem.startswith("label map") else f"label map: {problem}", volume.path) from None
 
     ensure_folder(out)
     series_grid = Volume(data=np.broadcast_to(np.float32(0), (*volume.shape, config.n_echoes)),
