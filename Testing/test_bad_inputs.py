@@ -447,6 +447,7 @@ PERMISSION_CASES = {
     "segment": "segment --model {root}/M.pt --input {root}/same/flair.nii.gz --out {root}/ro/m.nii.gz",
     "estimate": "estimate --model {root}/E.pt --input {root}/same/flair.nii.gz --out {root}/ro/e",
     "demo": "demo --out {root}/ro/d",
+    "synthmap": "synthmap --labels {root}/same/sample_labels.nii.gz --out {root}/ro/sm --echoes 4",
 }
 
 

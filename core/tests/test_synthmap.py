@@ -238,3 +238,12 @@ def test_cli_end_to_end_keeps_the_grid_and_replays(tmp_path) -> None:  # noqa: A
                  "--out", str(tmp_path / "fit")]) == 0
     fitted = np.asarray(nib.load(str(tmp_path / "fit" / "MWF.nii.gz")).dataobj)
     assert fitted[labels == WM].mean() == pytest.approx(replay.mwf[labels == WM].mean(), abs=0.06)
+
+
+def test_cli_defaults_are_the_config_defaults() -> None:
+    from qmricore.cli import build_parser
+    from qmricore.generators.synthmap import DEFAULT_CONFIG
+
+    args = build_parser().parse_args(["synthmap", "--labels", "L.nii.gz", "--out", "o"])
+    assert (args.te, args.echoes, tuple(args.snr_range)) == (DEFAULT_CONFIG.te, DEFAULT_CONFIG.n_echoes,
+                                                             DEFAULT_CONFIG.snr_range)
