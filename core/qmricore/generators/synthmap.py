@@ -213,6 +213,8 @@ def synthmap_priors_from_dict(data: Mapping[str, Any], tissue: TissuePriors, pat
         if name in classes:
             kinds.append("pools")
             entry = classes[name]
+            if not isinstance(entry, Mapping):
+                raise InputError(f"{where}: class {name!r} must be a mapping of quantities")
             for q, quantity in enumerate(QUANTITIES[1:], start=1):
                 table[c, q] = _hyper(entry.get(quantity), f"{where}: {name}.{quantity}")
             try:
