@@ -239,6 +239,28 @@ CASES: dict[str, dict[str, Case]] = {
         "output under a file": _case("mwf --input {root}/me.nii.gz --te 0.01 --out {root}/somefile/w",
                                      "somefile is a file"),
     },
+    "synthmap": {
+        "missing labels file": _case("synthmap --labels {root}/nope.nii.gz --out {root}/sm",
+                                     "nope.nii.gz: label map: no such file"),
+        "non-integer labels": _case("synthmap --labels {root}/softlabels/s0.nii.gz --out {root}/sm",
+                                    "softlabels/s0.nii.gz: label map: has non-integer values"),
+        "n 0": _case("synthmap --labels {root}/same/sample_labels.nii.gz --out {root}/sm -n 0", "-n must be >= 1"),
+        "TE 0": _case("synthmap --labels {root}/same/sample_labels.nii.gz --out {root}/sm --te 0",
+                      "TE must be > 0 s"),
+        "TE in ms": _case("synthmap --labels {root}/same/sample_labels.nii.gz --out {root}/sm --te 10",
+                          "times are in seconds"),
+        "echoes 0": _case("synthmap --labels {root}/same/sample_labels.nii.gz --out {root}/sm --echoes 0",
+                          "--echoes must be >= 1"),
+        "SNR range reversed": _case("synthmap --labels {root}/same/sample_labels.nii.gz --out {root}/sm "
+                                    "--snr-range 80 30", "--snr-range must satisfy 0 < LO <= HI"),
+        "SNR range 0": _case("synthmap --labels {root}/same/sample_labels.nii.gz --out {root}/sm --snr-range 0 30",
+                             "--snr-range must satisfy 0 < LO <= HI"),
+        "4D labels": _case("synthmap --labels {root}/me.nii.gz --out {root}/sm", "me.nii.gz: label map: is 4D"),
+        "all-zero labels": _case("synthmap --labels {root}/all_zero.nii.gz --out {root}/sm",
+                                 "all_zero.nii.gz: label map is empty (background only)"),
+        "output under a file": _case("synthmap --labels {root}/same/sample_labels.nii.gz --out {root}/somefile/sm",
+                                     "somefile is a file"),
+    },
     "evaluate": {
         "multi-label masks": _case("evaluate --pred {root}/multi --truth {root}/binary --out {root}/r.csv",
                                    "multi/s1.nii.gz: prediction: not a binary mask (labels 1, 2, 4, 5); pass --label"),
@@ -425,6 +447,7 @@ PERMISSION_CASES = {
     "segment": "segment --model {root}/M.pt --input {root}/same/flair.nii.gz --out {root}/ro/m.nii.gz",
     "estimate": "estimate --model {root}/E.pt --input {root}/same/flair.nii.gz --out {root}/ro/e",
     "demo": "demo --out {root}/ro/d",
+    "synthmap": "synthmap --labels {root}/same/sample_labels.nii.gz --out {root}/ro/sm --echoes 4",
 }
 
 

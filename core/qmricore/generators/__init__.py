@@ -6,6 +6,7 @@
   training-sequence sampling (:func:`draw_sequence`, :func:`draw_qatlas_mprage`).
 - :mod:`.lesions`: synthetic lesion shapes and pasting lesions into label maps.
 - :mod:`.gmm`: the SynthSeg-style GMM baseline; :mod:`.pipeline`: label map -> augmented training sample.
+- :mod:`.synthmap`: label map -> multi-echo spin-echo series with true MWF and T2 maps (SynthMap, SPEC §14).
 """
 
 from __future__ import annotations
@@ -34,6 +35,16 @@ from .qsynth import (
     mprage_readouts,
     sample_maps,
 )
+from .synthmap import (
+    SynthMapConfig,
+    SynthMapDraw,
+    SynthMapPriors,
+    SynthMapSample,
+    apply_synthmap,
+    draw_synthmap,
+    generate_synthmap,
+    load_synthmap_priors,
+)
 
 __all__ = [
     "HYPER", "PARAMETERS", "ParameterPrior", "TissuePriors", "default_priors_path", "fit_priors", "load_priors",
@@ -42,4 +53,6 @@ __all__ = [
     "LesionConfig", "LesionDraw", "draw_lesion", "lesion_contrast", "paste_lesion", "render_lesion", "synth_lesion",
     "GMMConfig", "GMMDraw", "apply_gmm", "draw_gmm",
     "PipelineConfig", "Sample", "SampleDraw", "generate", "generate_batch", "regenerate",
+    "SynthMapConfig", "SynthMapDraw", "SynthMapPriors", "SynthMapSample", "apply_synthmap", "draw_synthmap",
+    "generate_synthmap", "load_synthmap_priors",
 ]
