@@ -352,20 +352,25 @@ def test_fit_priors_reports_classes_without_voxels(scratch: Path, capsys: pytest
     shutil.rmtree(out.parent)
 
 
-def test_synth_refuses_a_folder_with_older_samples_unless_replace(scratch: Path,
-                                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    out = scratch / "synth"
-    base = ["synth", "--labels", str(scratch / "same" / "sample_labels.nii.gz"), "--out", str(out), "--crop", "8",
-            "--mode", "synth"]
+@pytest.mark.parametrize("command, extra, files", [
+    ("synth", ["--crop", "8", "--mode", "synth"],
+     ["sample_0000_image.nii.gz", "sample_0000_label.nii.gz", "sample_0000_params.json"]),
+    ("synthmap", ["--echoes", "4"],
+     ["sample_0000.json", "sample_0000_MWF.nii.gz", "sample_0000_T2.nii.gz", "sample_0000_echoes.nii.gz"]),
+])
+def test_sample_writers_refuse_a_folder_with_older_samples_unless_replace(
+        scratch: Path, capsys: pytest.CaptureFixture[str], command: str, extra: list[str], files: list[str]) -> None:
+    out = scratch / command
+    base = [command, "--labels", str(scratch / "same" / "sample_labels.nii.gz"), "--out", str(out), *extra]
     assert _run([*base, "-n", "2"], capsys)[0] == 0
     before = _snapshot(out)
     status, _, err = _run([*base, "-n", "1"], capsys)
-    assert status == 2 and "holds 6 file(s) of earlier samples" in err and _snapshot(out) == before
+    older = 2 * len(files)
+    assert status == 2 and f"holds {older} file(s) of earlier samples" in err and _snapshot(out) == before
     status, stdout, err = _run([*base, "-n", "1", "--replace"], capsys)
     assert status == 0, err
-    assert "removed 6 file(s) of earlier samples" in stdout
-    assert sorted(p.name for p in out.iterdir()) == ["sample_0000_image.nii.gz", "sample_0000_label.nii.gz",
-                                                     "sample_0000_params.json"]
+    assert f"removed {older} file(s) of earlier samples" in stdout
+    assert sorted(p.name for p in out.iterdir()) == sorted(files)
     shutil.rmtree(out)
 
 

@@ -47,16 +47,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def older_samples(out: object) -> list:
-    """Files of earlier samples (``sample_NNNN_image/label.nii.gz``, ``_params.json``) in folder ``out``."""
+def older_samples(out: object, endings: tuple[str, ...] = ("_image.nii.gz", "_label.nii.gz", "_params.json")) -> list:
+    """Files of earlier samples (``sample_NNNN`` + one of ``endings``) in folder ``out``."""
     import re
     from pathlib import Path
 
     folder = Path(out)
     if not folder.is_dir():
         return []
-    pattern = re.compile(r"^sample_\d{4,}_(image\.nii\.gz|label\.nii\.gz|params\.json)$")
+    pattern = re.compile(r"^sample_\d{4,}(" + "|".join(re.escape(e) for e in endings) + ")$")
     return sorted(p for p in folder.iterdir() if pattern.match(p.name))
+
+
+def clear_older_samples(out: object, inputs: list, replace: bool, endings: tuple[str, ...] | None = None) -> None:
+    """Refuse a folder holding an earlier run's samples (they would mix with the new ones), or with ``replace``
+    remove them first; never an input."""
+    from ..errors import InputError
+    from ..io import check_outputs
+
+    older = older_samples(out) if endings is None else older_samples(out, endings)
+    check_outputs(older, inputs)  # --replace never removes an input
+    if older and not replace:
+        raise InputError(f"holds {len(older)} file(s) of earlier samples ({older[0].name}, ...); choose an empty "
+                         "folder or pass --replace to remove them first", out)
+    for path in older:
+        path.unlink()
+    if older:
+        print(f"removed {len(older)} file(s) of earlier samples from {out}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -102,15 +119,7 @@ def run(args: argparse.Namespace) -> int:
     outputs = [p for i in range(args.n) for p in sample_paths(out, i).values()]
     inputs = [*dataset.files, *dataset.lesion_files, args.priors]
     check_outputs(outputs, inputs, folders=[out])
-    older = older_samples(out)
-    check_outputs(older, inputs)  # --replace never removes an input
-    if older and not args.replace:
-        raise InputError(f"holds {len(older)} file(s) of earlier samples ({older[0].name}, ...); choose an empty "
-                         "folder or pass --replace to remove them first", out)
-    for path in older:
-        path.unlink()
-    if older:
-        print(f"removed {len(older)} file(s) of earlier samples from {out}")
+    clear_older_samples(out, inputs, args.replace)
 
     # generate and write, one sample at a time
     for index in tqdm(range(args.n), desc="qmricore synth", unit="sample", disable=None):

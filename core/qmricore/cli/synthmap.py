@@ -4,7 +4,8 @@ Reads one hard label map (the class table of ``data/priors_3t.json``), checks it
 writes per sample ``sample_NNNN_echoes.nii.gz`` (4D, x, y, z, echoes), ``sample_NNNN_MWF.nii.gz`` (true myelin
 water fraction), ``sample_NNNN_T2.nii.gz`` (geometric-mean T2 of the true spectrum, seconds) and
 ``sample_NNNN.json`` (the draw: :func:`qmricore.generators.synthmap.regenerate` replays it), each atomically on
-the label map's exact grid.  Sample ``i`` is seeded with :func:`qmricore.datasets.sample_seed` ``(seed, i)``.
+the label map's exact grid.  A folder holding samples of an earlier run is refused unless ``--replace`` removes
+them first.  Sample ``i`` is seeded with :func:`qmricore.datasets.sample_seed` ``(seed, i)``.
 The model and its defaults are :mod:`qmricore.generators.synthmap` (docs/mwf.md).
 """
 
@@ -40,6 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--snr-range", type=float, nargs=2, default=DEFAULT_CONFIG.snr_range, metavar=("LO", "HI"),
                         help="SNR drawn uniformly in [LO, HI] (first echo in white matter over the noise sigma; "
                              f"default {DEFAULT_CONFIG.snr_range[0]:g} {DEFAULT_CONFIG.snr_range[1]:g})")
+    parser.add_argument("--replace", action="store_true",
+                        help="remove the samples of an earlier run in --out first (default: refuse such a folder)")
     parser.set_defaults(run=run)
 
 
@@ -63,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         sidecar,
     )
     from ..io import Volume, atomic_file, check_outputs, ensure_folder, read_volume, write_nifti
+    from .synth import clear_older_samples
 
     if args.n < 1:
         raise ParameterError(f"-n must be >= 1, got {args.n}")
@@ -97,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         problem = str(error)
         raise InputError(problem if problem.startswith("label map") else f"label map: {problem}", volume.path) from None
 
+    clear_older_samples(out, [args.labels], args.replace, tuple(SUFFIXES.values()))
     ensure_folder(out)
     series_grid = Volume(data=np.broadcast_to(np.float32(0), (*volume.shape, config.n_echoes)),
                          affine=volume.affine, header=volume.header, path=volume.path)
