@@ -21,7 +21,9 @@ For a voxel's echo train ``y`` (``n`` echoes, spacing ``te``) and a refocusing a
    limit was measured to lose most of a 20 ms myelin peak once noise broadens it (MWF bias -0.07 at SNR 100,
    against -0.01 with 40 ms).
 
-NNLS is :func:`scipy.optimize.nnls` (Lawson–Hanson) voxel by voxel; the dictionaries are built in batches.
+NNLS is :func:`scipy.optimize.nnls` (Lawson–Hanson) voxel by voxel.  The coarse grid's dictionaries are exact;
+the fine grid's and the fitted angle's are interpolated (Catmull-Rom) from a table every :data:`TABLE_STEP`
+degrees built once per call, and the fine grid's two ends reuse the coarse grid's chi².
 """
 
 from __future__ import annotations
@@ -91,6 +93,34 @@ def _dictionary(t2: np.ndarray, angles: np.ndarray, te: float, n: int, t1: float
     return np.swapaxes(trains, 1, 2)
 
 
+#: Spacing (degrees) of the angle table the fine-grid and final dictionaries are interpolated from.
+TABLE_STEP = 0.25
+
+
+class _AngleTable:
+    """CPMG dictionaries on angles every :data:`TABLE_STEP` degrees over ``[lo, hi]`` (one more on each side),
+    interpolated with Catmull-Rom cubics (error O(step⁴): below 1e-7 of the first echo at 0.25°)."""
+
+    def __init__(self, t2: np.ndarray, lo: float, hi: float, te: float, n: int, t1: float) -> None:
+        self.lo = lo
+        count = int(math.ceil((hi - lo) / TABLE_STEP))
+        angles = lo + TABLE_STEP * np.arange(-1, count + 2)
+        self.table = _dictionary(t2, angles, te, n, t1)  # (count + 3, n, n_bins); table[k + 1] at lo + k step
+        self.last = count - 1  # the largest cell index
+
+    def __call__(self, angles: np.ndarray) -> np.ndarray:
+        """``(len(angles), n, n_bins)`` dictionaries at ``angles`` (within ``[lo, hi]``)."""
+        u = (np.asarray(angles, np.float64) - self.lo) / TABLE_STEP
+        k = np.clip(np.floor(u).astype(np.intp), 0, self.last)
+        t = (u - k)[:, None, None]
+        t2, t3 = t * t, t * t * t
+        weights = (0.5 * (2 * t2 - t - t3), 0.5 * (2 - 5 * t2 + 3 * t3), 0.5 * (t + 4 * t2 - 3 * t3), 0.5 * (t3 - t2))
+        out = weights[0] * self.table[k]
+        for j in range(1, 4):
+            out += weights[j] * self.table[k + j]
+        return out
+
+
 def _chi2(a: np.ndarray, y: np.ndarray) -> float:
     return float(nnls(a, y)[1] ** 2)
 
@@ -121,9 +151,13 @@ def _regularised(a: np.ndarray, y: np.ndarray, chi2_factor: float) -> np.ndarray
     padded = np.concatenate([y, np.zeros(n_bins)])
     eye = np.eye(n_bins)
 
+    solved: dict[float, np.ndarray] = {}  # brentq re-evaluates the bracket ends; the root is its last point
+
     def solve(log_mu: float) -> np.ndarray:
-        stacked[len(y):] = eye * (scale * math.exp(log_mu))
-        return nnls(stacked, padded, maxiter=50 * n_bins)[0]
+        if log_mu not in solved:
+            stacked[len(y):] = eye * (scale * math.exp(log_mu))
+            solved[log_mu] = nnls(stacked, padded, maxiter=50 * n_bins)[0]
+        return solved[log_mu]
 
     def excess(log_mu: float) -> float:
         x = solve(log_mu)
@@ -187,6 +221,7 @@ def fit_nnls(echoes: np.ndarray, te: float, *, mask: np.ndarray | None = None,
     t2 = t2_bins(config)
     grid = np.linspace(config.min_angle, 180.0, config.n_angles)
     grid_dicts = _dictionary(t2, grid, te, n, config.t1)
+    table = _AngleTable(t2, config.min_angle, 180.0, te, n, config.t1)
 
     spectra = np.zeros((flat.shape[0], config.n_bins))
     flips = np.zeros(flat.shape[0])
@@ -196,10 +231,13 @@ def fit_nnls(echoes: np.ndarray, te: float, *, mask: np.ndarray | None = None,
         coarse = np.array([[_chi2(d, flat[v]) for d in grid_dicts] for v in batch])
         best = np.clip(np.argmin(coarse, axis=1), 1, len(grid) - 2)
         fine = np.linspace(grid[best - 1], grid[best + 1], config.n_angles, axis=1)  # (voxels, n_angles)
-        fine_dicts = _dictionary(t2, fine.reshape(-1), te, n, config.t1).reshape(len(batch), config.n_angles, n, -1)
-        angles = np.array([_refine(fine[j], np.array([_chi2(d, flat[v]) for d in fine_dicts[j]]))
+        inner = table(fine[:, 1:-1].reshape(-1)).reshape(len(batch), config.n_angles - 2, n, -1)
+        rows = np.arange(len(batch))
+        ends = coarse[rows, best - 1], coarse[rows, best + 1]  # the fine grid's ends are coarse angles
+        angles = np.array([_refine(fine[j], np.array([ends[0][j], *(_chi2(d, flat[v]) for d in inner[j]),
+                                                      ends[1][j]]))
                            for j, v in enumerate(batch)])
-        dicts = _dictionary(t2, angles, te, n, config.t1)
+        dicts = table(angles)
         for j, v in enumerate(batch):
             spectra[v] = _regularised(dicts[j], flat[v], config.chi2_factor)
         flips[batch] = angles
