@@ -14,6 +14,7 @@ from qmricore.cli import main
 from qmricore.errors import InputError
 from qmricore.generators.priors import load_priors
 from qmricore.generators.synthmap import (
+    QUANTITIES,
     SynthMapConfig,
     SynthMapDraw,
     apply_synthmap,
@@ -85,7 +86,9 @@ def test_voxel_values_follow_the_draw_and_csf_has_no_myelin() -> None:
         assert np.allclose(sample.fwf[labels == CSF], 1.0)
         assert np.all(sample.mwf[labels == MUSCLE] == 0) and np.all(sample.mwf[labels == 0] == 0)
         assert np.all(sample.t2[labels == 0] == 0) and np.all(sample.echoes[labels == 0] >= 0)
-        assert 1.0 < sample.t2[labels == CSF].mean() < 2.5
+        f = load_synthmap_priors().names.index("csf")
+        q = QUANTITIES.index("t2_fw")  # CSF is all free water: its T2 map is the painted free-water T2, in s
+        assert sample.t2[labels == CSF].mean() == pytest.approx(draw.mu[f][q], abs=3 * draw.sigma[f][q] / 4 + 1e-3)
         assert 0.05 < sample.t2[labels == WM].mean() < 0.1
 
 
