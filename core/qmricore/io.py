@@ -140,6 +140,23 @@ def nifti_stem(path: str | os.PathLike[str]) -> str | None:
     return None
 
 
+def read_json(path: str | os.PathLike[str], what: str) -> Any:
+    """The JSON in ``path``; a missing, unreadable or invalid file is one ``InputError`` naming it and ``what``."""
+    import json
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{what} not found", path) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"cannot read {what} ({error.__class__.__name__})", path) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InputError(f"{what} is not valid JSON (line {error.lineno}: {error.msg})", path) from None
+
+
 def _one_line(error: BaseException) -> str:
     text = " ".join(str(error).split())
     return text or type(error).__name__

@@ -238,18 +238,10 @@ def load_priors(path: str | os.PathLike[str] | None = None) -> TissuePriors:
     """
     if path is None:
         return _default()
+    from ..io import read_json
+
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise InputError("priors file not found", path) from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"cannot read priors file ({error.__class__.__name__})", path) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise InputError(f"not valid JSON (line {error.lineno}: {error.msg})", path) from None
-    return TissuePriors.from_dict(data, path)
+    return TissuePriors.from_dict(read_json(path, "priors file"), path)
 
 
 def _class_table(

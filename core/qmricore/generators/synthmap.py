@@ -246,14 +246,10 @@ def load_synthmap_priors(path: str | Path | None = None, tissue: TissuePriors | 
     """Read SynthMap priors (default: the shipped ``synthmap_priors.json`` on the shipped class table)."""
     if path is None and tissue is None:
         return _default_priors()
+    from ..io import read_json
+
     path = default_synthmap_priors_path() if path is None else Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError("SynthMap priors file not found", path) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"cannot read SynthMap priors ({error.__class__.__name__})", path) from None
-    return synthmap_priors_from_dict(data, tissue or load_priors(), path)
+    return synthmap_priors_from_dict(read_json(path, "SynthMap priors file"), tissue or load_priors(), path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
