@@ -18,8 +18,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ParameterError(f"device {name!r} requested but CUDA is not available: no CUDA device is available "
-                             "(use --device cpu or auto)")
+        raise ParameterError(f"device {name!r} requested but no CUDA device is available (use --device cpu or auto)")
     try:
         return torch.device(name)
     except RuntimeError as error:

@@ -121,7 +121,7 @@ def test_written_sample_sits_at_the_crop_in_world_space(tmp_path, folder):
 def test_cuda_device_refused_without_cuda(folder):
     if torch.cuda.is_available():
         pytest.skip("CUDA present")
-    with pytest.raises(ParameterError, match="CUDA is not available"):
+    with pytest.raises(ParameterError, match="no CUDA device is available"):
         SyntheticDataset(folder, config(), device="cuda")
 
 

@@ -180,9 +180,9 @@ class SegDataConfig:
     min_lesion_contrast
         ``qsynth``/``synth``: a sample whose lesion is fainter than this
         (:func:`qmricore.generators.lesions.lesion_contrast`, in spreads of the surrounding brain) is drawn
-        again with the next seed (up to 5 draws).  A lesion the drawn sequence renders isointense teaches
-        the network to hedge, not to find lesions: with 0 (off), 40 % of the lesions in 64³ training crops
-        had a contrast below 0.5.  Crops without a lesion are kept as they are.
+        again with the next seed (up to :data:`qmricore.training.seg.RETRIES` draws).  A lesion the drawn
+        sequence renders isointense teaches the network to hedge, not to find lesions: with 0 (off), 40 % of
+        the lesions in 64³ training crops had a contrast below 0.5.  Crops without a lesion are kept as they are.
     patch_size
         Every sample is cropped (random position) or zero-padded to this size (voxels); ``None``
         keeps the volume and pads it to a multiple of the network's total stride.
