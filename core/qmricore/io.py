@@ -698,11 +698,13 @@ def _clip_negatives(key: str, data: np.ndarray, path: Path, notes: list[str]) ->
     return np.maximum(data, np.float32(0.0))
 
 
-def _same_grid(a: Volume, b: Volume) -> bool:
+def same_grid(a: Volume, b: Volume) -> bool:
+    """Same shape and affine (to 1e-5 mm) — voxel for voxel the same place."""
     return a.shape == b.shape and np.allclose(a.affine, b.affine, rtol=1e-5, atol=1e-5)
 
 
-def _grid_difference(a: Volume, b: Volume) -> str:
+def grid_difference(a: Volume, b: Volume) -> str:
+    """How two grids differ, for an error message."""
     if a.shape != b.shape:
         return f"shape {a.shape} vs {b.shape}"
     return f"affines differ by up to {float(np.abs(a.affine - b.affine).max()):.3g} mm"
@@ -766,9 +768,9 @@ def load_map_set(
     volumes = {key: read_volume(paths[key], what=f"{key} map") for key in MAP_KEYS if key in paths}
     reference = volumes["pd"]
     for volume in volumes.values():
-        if not _same_grid(reference, volume):
+        if not same_grid(reference, volume):
             raise InputError(f"maps on different grids: {reference.path} vs {volume.path} "
-                             f"({_grid_difference(reference, volume)})")
+                             f"({grid_difference(reference, volume)})")
 
     notes: list[str] = []
     maps: dict[str, np.ndarray] = {}

@@ -41,12 +41,12 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..errors import InputError
-    from ..io import Volume, check_outputs, read_volume, write_nifti
-    from ..mwf.nnls import NNLSConfig, check_te, fit_nnls
+    from ..io import Volume, check_outputs, grid_difference, read_volume, same_grid, write_nifti
+    from ..mwf.nnls import MIN_ECHOES, NNLSConfig, check_te, fit_nnls
 
     check_te(args.te)
-    if args.echoes is not None and args.echoes < 4:
-        raise InputError(f"--echoes must be >= 4, got {args.echoes}")
+    if args.echoes is not None and args.echoes < MIN_ECHOES:
+        raise InputError(f"--echoes must be >= {MIN_ECHOES}, got {args.echoes}")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError("output must be a folder", out)
@@ -56,14 +56,14 @@ def run(args: argparse.Namespace) -> int:
     n_echoes = series.shape[3]
     if args.echoes is not None and args.echoes != n_echoes:
         raise InputError(f"multi-echo series: has {n_echoes} echoes, --echoes says {args.echoes}", args.input)
-    if n_echoes < 4:
-        raise InputError(f"multi-echo series: has {n_echoes} echoes; at least 4 are needed", args.input)
+    if n_echoes < MIN_ECHOES:
+        raise InputError(f"multi-echo series: has {n_echoes} echoes; at least {MIN_ECHOES} are needed", args.input)
+    grid = Volume(data=series.data[..., 0], affine=series.affine, header=series.header, path=series.path)
     mask = None
     if args.mask is not None:
         mask_volume = read_volume(args.mask, what="mask")
-        if mask_volume.shape != series.shape[:3] or not np.allclose(mask_volume.affine, series.affine, atol=1e-4):
-            raise InputError(f"mask: not on the grid of {args.input} (shape {mask_volume.shape} vs "
-                             f"{series.shape[:3]})", args.mask)
+        if not same_grid(mask_volume, grid):
+            raise InputError(f"mask: not on the grid of {args.input} ({grid_difference(mask_volume, grid)})", args.mask)
         mask = mask_volume.data > 0
 
     config = NNLSConfig()
@@ -71,7 +71,6 @@ def run(args: argparse.Namespace) -> int:
     with tqdm(total=voxels, unit="voxel", disable=not sys.stderr.isatty(), file=sys.stderr) as bar:
         result = fit_nnls(series.data, args.te, mask=mask, config=config, progress=bar.update)
 
-    grid = Volume(data=series.data[..., 0], affine=series.affine, header=series.header, path=series.path)
     outputs = {"mwf": result.mwf, "t2gm": result.t2gm, "flip": result.flip}
     for key, data in outputs.items():
         print(f"{key}: {write_nifti(out / FILE_NAMES[key], data.astype(np.float32), like=grid)}")

@@ -38,6 +38,8 @@ from scipy.optimize import brentq, nnls
 from ..errors import InputError, ParameterError
 from ..physics import cpmg
 
+#: Fewest echoes a T2 spectrum is fitted from.
+MIN_ECHOES = 4
 #: Voxels whose dictionaries are built at once (a 40 x 32 float64 dictionary each: ~10 KiB).
 BATCH_VOXELS = 2048
 
@@ -182,8 +184,8 @@ def check_te(te: float) -> None:
 
 def _validate(echoes: np.ndarray, te: float) -> None:
     check_te(te)
-    if echoes.ndim < 1 or echoes.shape[-1] < 4:
-        raise InputError(f"mwf: need at least 4 echoes along the last axis, got shape {echoes.shape}")
+    if echoes.ndim < 1 or echoes.shape[-1] < MIN_ECHOES:
+        raise InputError(f"mwf: need at least {MIN_ECHOES} echoes along the last axis, got shape {echoes.shape}")
     if not np.all(np.isfinite(echoes)):
         raise InputError(f"mwf: the echo data contain {int(np.count_nonzero(~np.isfinite(echoes)))} NaN/Inf "
                          "value(s)")
