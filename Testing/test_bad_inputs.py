@@ -28,7 +28,14 @@ import pytest
 from qmricore.cli import COMMANDS, main
 from qmricore.inference.window import WindowConfig
 from qmricore.models.model_file import save_model
-from qmricore.models.networks import EstimatorConfig, SegmenterConfig, build_estimator, build_segmenter
+from qmricore.models.networks import (
+    EstimatorConfig,
+    MWFNetConfig,
+    SegmenterConfig,
+    build_estimator,
+    build_mwf_net,
+    build_segmenter,
+)
 
 SHAPE = (10, 10, 10)
 AFFINE = np.diag([1.0, 1.0, 1.0, 1.0])
@@ -70,6 +77,9 @@ def _scratch(root: Path) -> Path:
     window = WindowConfig(patch=(8, 8, 8))
     save_model(root / "M.pt", build_segmenter(seg), seg, inference=window)
     save_model(root / "E.pt", build_estimator(est), est, inference=window)
+    for name, n_echoes in (("W.pt", 8), ("W16.pt", 16)):  # CNN MWF models; me.nii.gz has 8 echoes
+        config = MWFNetConfig(n_echoes=n_echoes, te=0.01, width=4, context_layers=1, voxel_layers=0)
+        save_model(root / name, build_mwf_net(config), config, inference=window)
     (root / "somefile").write_text("not a folder\n")
     (root / "images").mkdir()
     (root / "reallabels").mkdir()
@@ -91,6 +101,11 @@ def _scratch(root: Path) -> Path:
                  "data": {"map_sets": str(root / "maps"), "patch_size": [8, 8, 8]},
                  "loop": {"iterations": 1, "checkpoint_every": 100, "log_every": 1, "seed": 1}}
     (root / "est.json").write_text(json.dumps(estimator))
+    mwf = {"task": "mwf", "network": {"n_echoes": 8, "width": 4, "context_layers": 1, "voxel_layers": 0},
+           "data": {"labels": str(same / "sample_labels.nii.gz"), "patch_size": [6, 6, 6]},
+           "loop": {"iterations": 1, "checkpoint_every": 100, "log_every": 1, "seed": 1}}
+    (root / "mwf.json").write_text(json.dumps(mwf))
+    (root / "mwf_soft.json").write_text(json.dumps({**mwf, "data": {"labels": str(root / "softlabels")}}))
     os.symlink(same / "sample_R1.nii.gz", root / "link_R1.nii.gz")
     return root
 
@@ -151,6 +166,13 @@ CASES: dict[str, dict[str, Case]] = {
         "output under a file": _case("train-estimator --config {root}/est.json --out {root}/somefile/run",
                                      "somefile is a file"),
         "wrong task": _case("train-estimator --config {root}/seg.json --out {root}/run", "not 'estimator'"),
+    },
+    "train-mwf": {
+        "output under a file": _case("train-mwf --config {root}/mwf.json --out {root}/somefile/run",
+                                     "somefile is a file"),
+        "wrong task": _case("train-mwf --config {root}/est.json --out {root}/run", "not 'mwf'"),
+        "non-integer labels": _case("train-mwf --config {root}/mwf_soft.json --out {root}/run",
+                                    "softlabels/s0.nii.gz: label map: has non-integer values"),
     },
     "fit-priors": {
         "output = input labels": _case("fit-priors --maps {root}/same --labels {root}/same/sample_labels.nii.gz "
@@ -236,6 +258,18 @@ CASES: dict[str, dict[str, Case]] = {
                               "nope.nii.gz: multi-echo series: no such file"),
         "mask off the grid": _case("mwf --input {root}/me.nii.gz --te 0.01 --mask {root}/small_mask.nii.gz "
                                    "--out {root}/w", "small_mask.nii.gz: mask: not on the grid of"),
+        "cnn without a model": _case("mwf --input {root}/me.nii.gz --te 0.01 --method cnn --out {root}/w",
+                                     "--model is needed with --method cnn"),
+        "model with nnls": _case("mwf --input {root}/me.nii.gz --te 0.01 --model {root}/W.pt --out {root}/w",
+                                 "--model is needed with --method cnn, and only there"),
+        "cnn with spectrum": _case("mwf --input {root}/me.nii.gz --te 0.01 --method cnn --model {root}/W.pt "
+                                   "--spectrum --out {root}/w", "--spectrum needs --method nnls"),
+        "cnn model of another kind": _case("mwf --input {root}/me.nii.gz --te 0.01 --method cnn --model {root}/M.pt "
+                                           "--out {root}/w", "M.pt: holds a 'segmenter' network, not an MWF estimator"),
+        "cnn echo count": _case("mwf --input {root}/me.nii.gz --te 0.01 --method cnn --model {root}/W16.pt "
+                                "--out {root}/w", "W16.pt: the CNN model serves 16 echoes; the series has 8"),
+        "cnn echo spacing": _case("mwf --input {root}/me.nii.gz --te 0.012 --method cnn --model {root}/W.pt "
+                                  "--out {root}/w", "W.pt: the CNN model serves an echo spacing of 0.01 s"),
         "output under a file": _case("mwf --input {root}/me.nii.gz --te 0.01 --out {root}/somefile/w",
                                      "somefile is a file"),
     },
@@ -447,6 +481,7 @@ PERMISSION_CASES = {
     "fit-priors": "fit-priors --maps {root}/same --labels {root}/same/sample_labels.nii.gz --out {root}/ro/p.json",
     "train-seg": "train-seg --config {root}/seg.json --out {root}/ro/run --device cpu --no-progress",
     "train-estimator": "train-estimator --config {root}/est.json --out {root}/ro/run --device cpu --no-progress",
+    "train-mwf": "train-mwf --config {root}/mwf.json --out {root}/ro/run --device cpu --no-progress",
     "simulate": 'simulate --hmri-folder {root}/same --preset "T1 SPGR" --out {root}/ro',
     "synth": "synth --labels {root}/same/sample_labels.nii.gz --out {root}/ro/s --crop 8",
     "segment": "segment --model {root}/M.pt --input {root}/same/flair.nii.gz --out {root}/ro/m.nii.gz",

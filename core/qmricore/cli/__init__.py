@@ -22,7 +22,7 @@ from ..errors import QMRIError
 
 #: Sub-command modules, in the order ``--help`` lists them.
 COMMANDS = (
-    "simulate", "demo", "sample-data", "train-seg", "train-estimator", "fit-priors", "synth",
+    "simulate", "demo", "sample-data", "train-seg", "train-estimator", "train-mwf", "fit-priors", "synth",
     "heads", "segment", "estimate", "mwf", "synthmap", "evaluate", "heldout", "import-model", "check-model",
 )
 

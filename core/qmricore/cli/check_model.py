@@ -2,6 +2,7 @@
 
 >>> qmricore check-model --model Resources/Models/lesion_seg_qsynth.pt --out out/checks/seg
 >>> qmricore check-model --model Resources/Models/qatlas_estimator.pt --out out/checks/qatlas
+>>> qmricore check-model --model Resources/Models/mwf_cnn.pt --out out/checks/mwf --heldout 2
 """
 
 from __future__ import annotations
@@ -11,16 +12,17 @@ import argparse
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "check-model", help="check a segmenter or estimator on real heads and held-out synthetic heads",
+        "check-model", help="check a segmenter, estimator or MWF model on real and held-out synthetic heads",
         description="Segmenters: lesion mL on real healthy heads, Dice of lesions put into real anatomy, Dice on "
                     "held-out synthetic whole heads per contrast. Estimators: maps per tissue on real T1w heads, "
-                    "MPRAGE re-simulation, held-out errors. Writes checks.json and checks.md (docs/model-checks.md).")
+                    "MPRAGE re-simulation, held-out errors. MWF models: CNN against NNLS on held-out SynthMap "
+                    "heads per SNR. Writes checks.json and checks.md (docs/model-checks.md).")
     parser.add_argument("--model", required=True, metavar="M.pt", help="model file (segmenter or estimator)")
     parser.add_argument("--baseline", metavar="B.pt", help="a second segmenter scored beside it on held-out heads")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
     parser.add_argument("--lesions", type=int, default=8, help="lesions per real-anatomy case (default: %(default)s)")
     parser.add_argument("--heldout", type=int, default=8,
-                        help="held-out images per contrast (segmenter) or heads (estimator); 0 skips")
+                        help="held-out images per contrast (segmenter) or heads (estimator, MWF); 0 skips")
     parser.add_argument("--heads", nargs="+", metavar="NAME",
                         help="real heads to use (default: all of qmricore.checks.REAL_HEADS)")
     parser.add_argument("--tta", action="store_true", help="flip test-time augmentation (slower)")
@@ -30,7 +32,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..checks import check_estimator, check_segmenter, markdown_report, select_heads, write_report
+    from ..checks import (
+        HELDOUT_HEAD_SEEDS,
+        check_estimator,
+        check_mwf,
+        check_segmenter,
+        markdown_report,
+        select_heads,
+        write_report,
+    )
     from ..errors import ParameterError
     from ..io import check_outputs
     from ..models.model_file import read_meta
@@ -44,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
     if kind == "segmenter":
         report = check_segmenter(args.model, baseline=args.baseline, n_lesions=args.lesions, n_heldout=args.heldout,
                                  heads=args.heads, tta=args.tta)
+    elif kind == "mwf":
+        report = check_mwf(args.model, n_heldout=max(1, min(args.heldout, len(HELDOUT_HEAD_SEEDS))))
     else:
         report = check_estimator(args.model, n_heldout=min(args.heldout, 4), heads=args.heads)
     write_report(report, args.out)

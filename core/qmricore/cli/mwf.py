@@ -4,6 +4,9 @@ Reads one 4D NIfTI series (x, y, z, echoes) of a CPMG train with echo spacing ``
 grid, ``MWF.nii.gz`` (fraction 0-1), ``T2GM.nii.gz`` (seconds), ``FLIP.nii.gz`` (fitted refocusing angle,
 degrees) and with ``--spectrum`` the 4D ``T2SPECTRUM.nii.gz`` (one volume per T2 bin), each atomically, after
 all are computed.  The method and its defaults are :mod:`qmricore.mwf.nnls` (docs/mwf.md).
+
+``--method cnn --model M.pt`` runs a trained CNN estimator (:mod:`qmricore.mwf.cnn`) instead and writes
+``MWF.nii.gz`` only; the series must have the model's echo count and spacing.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+METHODS = ("nnls", "cnn")
 #: Output file per result.
 FILE_NAMES = {"mwf": "MWF.nii.gz", "t2gm": "T2GM.nii.gz", "flip": "FLIP.nii.gz", "spectrum": "T2SPECTRUM.nii.gz"}
 
@@ -28,7 +32,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--input", required=True, metavar="ME", help="4D NIfTI series (x, y, z, echoes)")
     parser.add_argument("--te", required=True, type=float, help="echo spacing in seconds (e.g. 0.01)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
-    parser.add_argument("--method", default="nnls", choices=("nnls",), help="fitting method (default nnls)")
+    parser.add_argument("--method", default="nnls", choices=METHODS, help="nnls (default: T2 spectrum, MWF, T2GM, "
+                                                                          "FLIP) or cnn (MWF only, needs --model)")
+    parser.add_argument("--model", metavar="M.pt", help="CNN MWF model file (--method cnn)")
+    parser.add_argument("--device", default="auto", help="--method cnn: auto (CUDA if available), cpu, cuda, ...")
     parser.add_argument("--mask", metavar="FILE", help="fit only voxels > 0 in this mask (on the input's grid)")
     parser.add_argument("--echoes", type=int, metavar="N", help="expected number of echoes (checked against the "
                                                                   "input's 4th dimension)")
@@ -45,12 +52,17 @@ def run(args: argparse.Namespace) -> int:
     from ..mwf.nnls import MIN_ECHOES, NNLSConfig, check_te, fit_nnls
 
     check_te(args.te)
+    if (args.method == "cnn") != (args.model is not None):
+        raise InputError("--model is needed with --method cnn, and only there")
+    if args.method == "cnn" and args.spectrum:
+        raise InputError("--spectrum needs --method nnls (the CNN gives MWF only)")
     if args.echoes is not None and args.echoes < MIN_ECHOES:
         raise InputError(f"--echoes must be >= {MIN_ECHOES}, got {args.echoes}")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError("output must be a folder", out)
-    names = [n for k, n in FILE_NAMES.items() if k != "spectrum" or args.spectrum]
+    names = [FILE_NAMES["mwf"]] if args.method == "cnn" else \
+        [n for k, n in FILE_NAMES.items() if k != "spectrum" or args.spectrum]
     check_outputs([out / n for n in names], [args.input, args.mask], folders=[out])
     series = read_volume(args.input, what="multi-echo series", ndim=4)
     n_echoes = series.shape[3]
@@ -66,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"mask: not on the grid of {args.input} ({grid_difference(mask_volume, grid)})", args.mask)
         mask = mask_volume.data > 0
 
+    if args.method == "cnn":
+        return run_cnn(args, series, grid, mask, out)
     config = NNLSConfig()
     voxels = int(np.count_nonzero(series.data[..., 0] > 0 if mask is None else mask & (series.data[..., 0] > 0)))
     with tqdm(total=voxels, unit="voxel", disable=not sys.stderr.isatty(), file=sys.stderr) as bar:
@@ -79,4 +93,22 @@ def run(args: argparse.Namespace) -> int:
                                affine=series.affine, header=series.header, path=series.path)
         path = write_nifti(out / FILE_NAMES["spectrum"], result.spectrum.astype(np.float32), like=spectrum_grid)
         print(f"spectrum: {path}")
+    return 0
+
+
+def run_cnn(args: argparse.Namespace, series: object, grid: object, mask: object, out: Path) -> int:
+    """``--method cnn``: the model's MWF map on the input's grid."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from ..devices import resolve_device
+    from ..io import write_nifti
+    from ..models.model_file import load_model
+    from ..mwf.cnn import estimate_mwf
+
+    device = resolve_device(args.device)
+    model = load_model(args.model, device=device)
+    with tqdm(total=series.shape[2], unit="slice", disable=not sys.stderr.isatty(), file=sys.stderr) as bar:
+        mwf = estimate_mwf(series.data, args.te, model, mask=mask, device=device, progress=bar.update)
+    print(f"mwf: {write_nifti(out / FILE_NAMES['mwf'], mwf.astype(np.float32), like=grid)}")
     return 0

@@ -7,9 +7,9 @@ key                 value
 ==================  ==========================================================================
 ``format``          ``"qmricore-model"``
 ``version``         ``1`` (:data:`FORMAT_VERSION`)
-``kind``            ``"segmenter"`` or ``"estimator"``
-``network``         ``SegmenterConfig.to_dict()`` / ``EstimatorConfig.to_dict()`` (:mod:`qmricore.models.networks`)
-``classes``         output channel names: class names (segmenter) or ``["pd", "r1", "r2s", "mt"]``
+``kind``            ``"segmenter"``, ``"estimator"`` or ``"mwf"``
+``network``         the network config's ``to_dict()`` (:mod:`qmricore.models.networks`)
+``classes``         output channel names: class names (segmenter), ``["pd", "r1", "r2s", "mt"]`` or ``["mwf"]``
 ``preprocessing``   ``PreprocessConfig.to_dict()``: orientation, spacing (mm), intensity normalisation
 ``inference``       ``WindowConfig.to_dict()``: patch (voxels), overlap, sigma_scale, sw_batch_size
 ``code_version``    ``qmricore.__version__`` that wrote the file
@@ -42,11 +42,11 @@ from ..errors import InputError, ParameterError
 from ..inference.preprocess import PreprocessConfig
 from ..inference.window import WindowConfig
 from ..io import atomic_torch_save
-from .networks import EstimatorConfig, SegmenterConfig, build_network, config_from_dict
+from .networks import NETWORK_KINDS, NetworkConfig, SegmenterConfig, build_network, config_from_dict, kind_of
 
 FORMAT_NAME = "qmricore-model"
 FORMAT_VERSION = 1
-KINDS = ("segmenter", "estimator")
+KINDS = tuple(NETWORK_KINDS)
 REQUIRED_KEYS = ("format", "version", "kind", "network", "classes", "preprocessing", "inference", "state_dict")
 
 
@@ -55,7 +55,7 @@ class ModelMeta:
     """Everything in a model file except the weights."""
 
     kind: str
-    network: SegmenterConfig | EstimatorConfig
+    network: NetworkConfig
     classes: tuple[str, ...]
     preprocessing: PreprocessConfig
     inference: WindowConfig
@@ -73,23 +73,13 @@ class LoadedModel:
     path: Path | None = None
 
 
-def _kind_of(config: SegmenterConfig | EstimatorConfig) -> str:
-    if isinstance(config, SegmenterConfig):
-        return "segmenter"
-    if isinstance(config, EstimatorConfig):
-        return "estimator"
-    raise ParameterError(
-        f"save_model: config must be a SegmenterConfig or EstimatorConfig, got {type(config).__name__}"
-    )
-
-
-def _classes_of(config: SegmenterConfig | EstimatorConfig) -> tuple[str, ...]:
+def _classes_of(config: NetworkConfig) -> tuple[str, ...]:
     return config.class_names if isinstance(config, SegmenterConfig) else config.map_names
 
 
 def model_payload(
     model: nn.Module,
-    config: SegmenterConfig | EstimatorConfig,
+    config: NetworkConfig,
     *,
     preprocessing: PreprocessConfig | None = None,
     inference: WindowConfig | None = None,
@@ -101,7 +91,7 @@ def model_payload(
     ``model`` may be wrapped (``DistributedDataParallel``, ``torch.compile``): the wrapped module's
     weights are stored under its own names.
     """
-    kind = _kind_of(config)
+    kind = kind_of(config)
     window = inference or WindowConfig()
     factor = math.prod(config.strides)
     if any(p % factor for p in window.patch):
@@ -129,7 +119,7 @@ def model_payload(
 def save_model(
     path: str | os.PathLike[str],
     model: nn.Module,
-    config: SegmenterConfig | EstimatorConfig,
+    config: NetworkConfig,
     *,
     preprocessing: PreprocessConfig | None = None,
     inference: WindowConfig | None = None,
@@ -145,7 +135,7 @@ def save_model(
     model
         The network built by :func:`qmricore.models.networks.build_network` from ``config``.
     config
-        Its :class:`~qmricore.models.networks.SegmenterConfig` or :class:`~qmricore.models.networks.EstimatorConfig`.
+        Its network config (:data:`~qmricore.models.networks.NETWORK_KINDS`).
     preprocessing, inference
         Settings to store (defaults: :class:`~qmricore.inference.preprocess.PreprocessConfig`,
         :class:`~qmricore.inference.window.WindowConfig`).

@@ -1,6 +1,6 @@
-"""Network configurations and builders (MONAI U-Nets) for lesion segmentation and qMRI estimation.
+"""Network configurations and builders for lesion segmentation, qMRI estimation and MWF estimation.
 
-Two networks, each described by a small frozen config dataclass that round-trips through a plain dict
+Three networks, each described by a small frozen config dataclass that round-trips through a plain dict
 (so it can be stored in a model file, see :mod:`qmricore.models.model_file`):
 
 ``SegmenterConfig`` / :func:`build_segmenter` (SPEC §8)
@@ -17,6 +17,13 @@ Two networks, each described by a small frozen config dataclass that round-trips
     (``monai.networks.blocks.UpSample``, mode "nontrainable") followed by a stride-1 convolution;
     everything else (encoder, skip connections, residual units) is MONAI's own code.  An
     :class:`EstimatorHead` turns the 4 output channels into physical maps (see its docstring).
+
+``MWFNetConfig`` / :func:`build_mwf_net` (SPEC §14, SynthMap)
+    A small fully convolutional network, no down-sampling: a multi-echo series normalised per voxel
+    (:func:`qmricore.mwf.cnn.normalise_echoes`) in, the myelin water fraction out.  A 1×1×1 layer mixes the
+    echoes, ``context_layers`` 3×3×3 layers pool neighbouring voxels (the spatial prior NNLS lacks),
+    ``voxel_layers`` 1×1×1 layers map to ``mwf_max·sigmoid``.  The echo count and spacing it was trained for
+    are part of its config: a model serves one protocol.
 
 Sizes are configuration: tests build the same classes with channels (4, 8).
 """
@@ -203,6 +210,72 @@ class EstimatorConfig:
         return _from_dict(cls, data)
 
 
+@dataclass(frozen=True)
+class MWFNetConfig:
+    """CNN myelin-water-fraction estimator (SPEC §14).
+
+    Parameters
+    ----------
+    n_echoes, te
+        The protocol the network serves: echo count and echo spacing (s).
+    width
+        Feature channels of every hidden layer.
+    context_layers, voxel_layers
+        Number of 3×3×3 (spatial context) and 1×1×1 (per-voxel) hidden layers.
+    mwf_max
+        Output range ``[0, mwf_max]`` (the SynthMap prior's ceiling).
+    """
+
+    n_echoes: int = 32
+    te: float = 0.010
+    width: int = 64
+    context_layers: int = 2
+    voxel_layers: int = 2
+    mwf_max: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.n_echoes < 1 or self.width < 1 or self.context_layers < 0 or self.voxel_layers < 0:
+            raise ParameterError("MWFNetConfig: need n_echoes >= 1, width >= 1 and layer counts >= 0")
+        if not 0 < self.te <= 1.0 or not 0 < self.mwf_max <= 1.0:
+            raise ParameterError(f"MWFNetConfig: need 0 < te <= 1 s and 0 < mwf_max <= 1, got {self.te}, "
+                                 f"{self.mwf_max}")
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """No down-sampling: any input size works."""
+        return ()
+
+    @property
+    def map_names(self) -> tuple[str, ...]:
+        return ("mwf",)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MWFNetConfig:
+        return _from_dict(cls, data)
+
+
+class MWFNet(nn.Module):
+    """:class:`MWFNetConfig`'s network: ``forward(echoes (B, n_echoes, X, Y, Z)) -> mwf (B, 1, X, Y, Z)``."""
+
+    def __init__(self, config: MWFNetConfig) -> None:
+        super().__init__()
+        w = config.width
+        layers: list[nn.Module] = [nn.Conv3d(config.n_echoes, w, 1), nn.GELU()]
+        for _ in range(config.context_layers):
+            layers += [nn.Conv3d(w, w, 3, padding=1), nn.GELU()]
+        for _ in range(config.voxel_layers):
+            layers += [nn.Conv3d(w, w, 1), nn.GELU()]
+        layers.append(nn.Conv3d(w, 1, 1))
+        self.body = nn.Sequential(*layers)
+        self.mwf_max = float(config.mwf_max)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mwf_max * torch.sigmoid(self.body(x))
+
+
 class LinearUpsamplingUNet(UNet):
     """MONAI ``UNet`` whose decoder upsamples by trilinear interpolation instead of transposed convolutions.
 
@@ -339,19 +412,37 @@ def build_estimator(config: EstimatorConfig) -> Estimator:
     return Estimator(unet, EstimatorHead(config.scales, config.log_clamp))
 
 
-def build_network(kind: str, config: SegmenterConfig | EstimatorConfig) -> nn.Module:
-    """Build a ``"segmenter"`` or ``"estimator"`` network from its config."""
-    if kind == "segmenter" and isinstance(config, SegmenterConfig):
-        return build_segmenter(config)
-    if kind == "estimator" and isinstance(config, EstimatorConfig):
-        return build_estimator(config)
-    raise ParameterError(f"build_network: kind {kind!r} does not match config {type(config).__name__}")
+def build_mwf_net(config: MWFNetConfig) -> MWFNet:
+    """:class:`MWFNet` for ``config``."""
+    return MWFNet(config)
 
 
-def config_from_dict(kind: str, data: Mapping[str, Any]) -> SegmenterConfig | EstimatorConfig:
-    """Config dataclass for ``kind`` ("segmenter" or "estimator") from its ``to_dict()`` form."""
-    if kind == "segmenter":
-        return SegmenterConfig.from_dict(data)
-    if kind == "estimator":
-        return EstimatorConfig.from_dict(data)
-    raise ParameterError(f"unknown network kind {kind!r} (expected 'segmenter' or 'estimator')")
+NetworkConfig = SegmenterConfig | EstimatorConfig | MWFNetConfig
+#: Model-file kind -> (config class, builder).
+NETWORK_KINDS: dict[str, tuple[type, Any]] = {
+    "segmenter": (SegmenterConfig, build_segmenter),
+    "estimator": (EstimatorConfig, build_estimator),
+    "mwf": (MWFNetConfig, build_mwf_net),
+}
+
+
+def kind_of(config: NetworkConfig) -> str:
+    """The model-file kind of a network config."""
+    for kind, (cls, _) in NETWORK_KINDS.items():
+        if isinstance(config, cls):
+            return kind
+    raise ParameterError(f"not a network config: {type(config).__name__}")
+
+
+def build_network(kind: str, config: NetworkConfig) -> nn.Module:
+    """Build a network of ``kind`` (:data:`NETWORK_KINDS`) from its config."""
+    if kind not in NETWORK_KINDS or not isinstance(config, NETWORK_KINDS[kind][0]):
+        raise ParameterError(f"build_network: kind {kind!r} does not match config {type(config).__name__}")
+    return NETWORK_KINDS[kind][1](config)
+
+
+def config_from_dict(kind: str, data: Mapping[str, Any]) -> NetworkConfig:
+    """Config dataclass for ``kind`` (:data:`NETWORK_KINDS`) from its ``to_dict()`` form."""
+    if kind not in NETWORK_KINDS:
+        raise ParameterError(f"unknown network kind {kind!r} (expected one of {', '.join(NETWORK_KINDS)})")
+    return NETWORK_KINDS[kind][0].from_dict(data)

@@ -1,4 +1,4 @@
-"""Shared argument handling of ``train-seg`` and ``train-estimator``."""
+"""Shared argument handling of the training commands (``train-seg``, ``train-estimator``, ``train-mwf``)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,8 @@ A config file is a JSON object::
      "loop":      {...LoopConfig fields...}}
 
 ``"task": "estimator"`` uses :class:`~qmricore.models.networks.EstimatorConfig`, :class:`EstimatorDataConfig`
-and :class:`EstimatorLossConfig` instead.  Missing keys take the defaults below; unknown keys are an
+and :class:`EstimatorLossConfig` instead; ``"task": "mwf"`` :class:`~qmricore.models.networks.MWFNetConfig`,
+:class:`MWFDataConfig` and :class:`MWFLossConfig`.  Missing keys take the defaults below; unknown keys are an
 error (a typo must not silently fall back to a default).  Relative paths in ``data`` are resolved
 against the folder of the config file.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, ParameterError
-from ..models.networks import EstimatorConfig, SegmenterConfig
+from ..models.networks import EstimatorConfig, MWFNetConfig, SegmenterConfig
 
-TASKS = ("seg", "estimator")
+TASKS = ("seg", "estimator", "mwf")
 SEG_MODES = ("real", "qsynth", "synth", "qatlas")
 
 
@@ -301,6 +303,57 @@ class EstimatorTrainConfig:
         check_patch(self.data.patch_size, self.network.strides)
 
 
+@dataclass(frozen=True)
+class MWFDataConfig:
+    """Training data of the CNN MWF estimator.
+
+    Parameters
+    ----------
+    labels
+        A label map or a folder of label maps (the class table of ``data/priors_3t.json``), e.g.
+        ``Resources/TrainingAnatomy``.
+    snr_range
+        SNR drawn log-uniformly in this range (first echo of white matter over the noise sigma).
+    patch_size
+        Block cut from the label map per sample (voxels).
+    """
+
+    labels: str | None = None
+    snr_range: tuple[float, float] = (15.0, 300.0)
+    patch_size: tuple[int, int, int] = (24, 24, 24)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+        object.__setattr__(self, "snr_range", tuple(float(s) for s in self.snr_range))
+        if not self.labels:
+            raise ParameterError("data: the MWF estimator needs a 'labels' label map or folder of label maps")
+        if len(self.patch_size) != 3 or min(self.patch_size) < 1:
+            raise ParameterError(f"data: patch_size must be 3 positive integers, got {list(self.patch_size)}")
+        lo, hi = self.snr_range
+        if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi):
+            raise ParameterError(f"data: snr_range must satisfy 0 < low <= high, got {[lo, hi]}")
+
+
+@dataclass(frozen=True)
+class MWFLossConfig:
+    """L1 on the MWF over brain voxels (no options yet; a section so configs of every task read alike)."""
+
+
+@dataclass(frozen=True)
+class MWFTrainConfig:
+    """Everything a CNN MWF estimator training run needs (``task = "mwf"``)."""
+
+    network: MWFNetConfig = field(default_factory=MWFNetConfig)
+    data: MWFDataConfig = field(default_factory=lambda: MWFDataConfig(labels="labels"))
+    loss: MWFLossConfig = field(default_factory=MWFLossConfig)
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=1e-3))
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(iterations=3000, batch_size=4))
+    task: str = "mwf"
+
+    def __post_init__(self) -> None:
+        check_patch(self.data.patch_size, self.network.strides)
+
+
 def check_patch(patch: tuple[int, ...] | None, strides: Any) -> None:
     """A training patch must be a multiple of the network's total stride on every axis (else the U-Net's
     output does not match its target)."""
@@ -315,12 +368,14 @@ def check_patch(patch: tuple[int, ...] | None, strides: Any) -> None:
                              f"{multiple} on every axis (e.g. {example})")
 
 
-TrainConfig = SegTrainConfig | EstimatorTrainConfig
+TrainConfig = SegTrainConfig | EstimatorTrainConfig | MWFTrainConfig
 
 _SECTIONS = {
     "seg": {"network": SegmenterConfig, "data": SegDataConfig, "loss": SegLossConfig},
     "estimator": {"network": EstimatorConfig, "data": EstimatorDataConfig, "loss": EstimatorLossConfig},
+    "mwf": {"network": MWFNetConfig, "data": MWFDataConfig, "loss": MWFLossConfig},
 }
+_TRAIN_CONFIGS = {"seg": SegTrainConfig, "estimator": EstimatorTrainConfig, "mwf": MWFTrainConfig}
 #: Path-valued keys per section, resolved against the config file's folder.
 _PATH_KEYS = {"data": ("labels", "real_images", "real_labels", "map_sets", "estimator", "mprage", "priors"),
               "loop": ("init",)}
@@ -359,7 +414,7 @@ def config_from_dict(data: Mapping[str, Any], base: str | os.PathLike[str] | Non
         values[name] = _section(cls, raw, name)
     if "data" not in values:
         raise ParameterError("a training config needs a 'data' section")
-    return (SegTrainConfig if task == "seg" else EstimatorTrainConfig)(**values)
+    return _TRAIN_CONFIGS[task](**values)
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:
