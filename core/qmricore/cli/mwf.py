@@ -3,13 +3,17 @@
 Reads one 4D NIfTI series (x, y, z, echoes) of a CPMG train with echo spacing ``--te`` and writes, on its exact
 grid, ``MWF.nii.gz`` (fraction 0-1), ``T2GM.nii.gz`` (seconds), ``FLIP.nii.gz`` (fitted refocusing angle,
 degrees) and with ``--spectrum`` the 4D ``T2SPECTRUM.nii.gz`` (one volume per T2 bin), each atomically, after
-all are computed.  The method and its defaults are :mod:`qmricore.mwf.nnls` (docs/mwf.md).
+all are computed.  The method and its defaults are :mod:`qmricore.mwf.nnls` (docs/mwf.md).  With
+``--progress-lines`` it also prints ``PROGRESS <fraction> <message>`` lines and a last ``RESULT <json>`` line
+(the written paths by key, and the voxel count) on stdout, the protocol QMRISegment's background runner reads.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 #: Output file per result.
@@ -33,6 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--echoes", type=int, metavar="N", help="expected number of echoes (checked against the "
                                                                   "input's 4th dimension)")
     parser.add_argument("--spectrum", action="store_true", help="also write the 4D T2 spectrum")
+    parser.add_argument("--progress-lines", action="store_true",
+                        help="print 'PROGRESS <fraction> <message>' lines and a last 'RESULT <json>' line on stdout "
+                             "(for a program that follows the run, such as QMRISegment)")
     parser.set_defaults(run=run)
 
 
@@ -68,15 +75,47 @@ def run(args: argparse.Namespace) -> int:
 
     config = NNLSConfig()
     voxels = int(np.count_nonzero(series.data[..., 0] > 0 if mask is None else mask & (series.data[..., 0] > 0)))
+    lines = ProgressLines(args.progress_lines, voxels)
     with tqdm(total=voxels, unit="voxel", disable=not sys.stderr.isatty(), file=sys.stderr) as bar:
-        result = fit_nnls(series.data, args.te, mask=mask, config=config, progress=bar.update)
+        result = fit_nnls(series.data, args.te, mask=mask, config=config, progress=lines.counting(bar.update))
 
     outputs = {"mwf": result.mwf, "t2gm": result.t2gm, "flip": result.flip}
+    written = {}
     for key, data in outputs.items():
-        print(f"{key}: {write_nifti(out / FILE_NAMES[key], data.astype(np.float32), like=grid)}")
+        written[key] = write_nifti(out / FILE_NAMES[key], data.astype(np.float32), like=grid)
+        print(f"{key}: {written[key]}")
     if args.spectrum:
         spectrum_grid = Volume(data=np.broadcast_to(np.float32(0), (*series.shape[:3], config.n_bins)),
                                affine=series.affine, header=series.header, path=series.path)
         path = write_nifti(out / FILE_NAMES["spectrum"], result.spectrum.astype(np.float32), like=spectrum_grid)
+        written["spectrum"] = path
         print(f"spectrum: {path}")
+    lines.result(written, voxels=voxels)
     return 0
+
+
+# --progress-lines: the line protocol of QMRISegment's BackgroundRunner (QMRISegment/QMRISegmentLib/runner.py)
+class ProgressLines:
+    """``PROGRESS <fraction> <message>`` lines while voxels are fitted and one ``RESULT <json>`` line at the end,
+    on stdout and flushed at once; does nothing unless ``enabled``.  The fraction is voxels done / ``total``."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.enabled, self.total, self.done = enabled, total, 0
+        self.line(0.0, f"fitting {total} voxel(s)")
+
+    def line(self, fraction: float, message: str) -> None:
+        if self.enabled:
+            print(f"PROGRESS {fraction:.4f} {message}", flush=True)
+
+    def counting(self, update: Callable[[int], object]) -> Callable[[int], None]:
+        """``update`` (the progress bar's), followed by a PROGRESS line per batch of voxels."""
+        def step(count: int) -> None:
+            update(count)
+            self.done += count
+            self.line(self.done / self.total if self.total else 1.0, f"{self.done} of {self.total} voxel(s) fitted")
+        return step
+
+    def result(self, written: dict[str, Path], **extra: object) -> None:
+        if self.enabled:
+            self.line(1.0, "done")
+            print("RESULT " + json.dumps({**{k: str(v) for k, v in written.items()}, **extra}), flush=True)
