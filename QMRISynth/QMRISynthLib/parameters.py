@@ -23,6 +23,7 @@ from functools import cache
 from typing import Any
 
 from qmricore import protocols
+from qmricore.generators.synthmap import DEFAULT_CONFIG as SYNTHMAP_DEFAULTS
 from qmricore.physics import PARAMETER_BOUNDS, SEQUENCES
 
 #: Sequence parameters with a slider (int for the readout-pulse count ``n``), in panel order.
@@ -178,6 +179,21 @@ def _sequenceSpec(name: str) -> ParameterSpec:
     degrees = unit == "deg"
     return ParameterSpec(name, float, sequenceParameterDefault(name), low, high, label=label, unit=unit,
                          decimals=1 if degrees else 4, step=0.5 if degrees else 0.0005)
+
+
+#: Milliseconds per second: echo spacings are shown in ms in the panels and passed to qmricore in seconds.
+MS_PER_S = 1000.0
+
+
+def echoSpacingSpec(name: str, label: str = "Echo spacing TE") -> ParameterSpec:
+    """The echo spacing of a multi-echo spin echo, in ms: SynthMap's default and drawn range (its TE prior).
+
+    Shared by QMRISynth (simulation) and QMRISegment (MWF estimation), so both panels offer the range the
+    generator trains on; ``qmricore mwf`` itself takes any TE in (0, 1] s.
+    """
+    low, high = SYNTHMAP_DEFAULTS.te_range
+    return ParameterSpec(name, float, SYNTHMAP_DEFAULTS.te * MS_PER_S, low * MS_PER_S, high * MS_PER_S,
+                         label=label, unit="ms", decimals=2, step=0.1)
 
 
 def synthParameters() -> tuple[ParameterSpec, ...]:
