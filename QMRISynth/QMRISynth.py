@@ -18,6 +18,7 @@ import vtk
 from QMRISynthLib.logic import QMRISynthLogic as SynthCore
 from QMRISynthLib.logic import SimulationSettings
 from QMRISynthLib.parameters import (
+    MULTI_ECHO,
     SEQUENCE_PARAMETERS,
     makeParameterNodeClass,
     parametersOfSequence,
@@ -56,6 +57,8 @@ class QMRISynth(ScriptedLoadableModule):
             "Simulate FSE, GRE/SPGR, FLAIR, MPRAGE and MP2RAGE images from quantitative maps (PD, R1, R2*, "
             "MT, optional B1) and watch the contrast change while dragging the TR/TE/TI/flip sliders. "
             "Load an hMRI-toolbox folder, or generate maps from a label map with qSynth (seeded). "
+            "The multi-echo spin echo (cpmg) simulates a whole echo train and shows the echo you choose; it needs "
+            "an R2 map (R2* is not T2) or takes the series from the label map with SynthMap. "
             "Times are in seconds, angles in degrees.")
         self.parent.acknowledgementText = _(
             "Physics after the qMRI-synthesis seed papers (physics-constrained synthetic data for lesion "
@@ -115,6 +118,11 @@ class QMRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 slider = getattr(self.ui, f"{name}SliderWidget")
                 slider.valueIsChanging.connect(lambda value, name=name: self.onSliderDragged(name, value))
         self.ui.snrSliderWidget.valueIsChanging.connect(lambda value: self.onSliderDragged("snr", value))
+        self.ui.echoSpacingSliderWidget.valueIsChanging.connect(
+            lambda value: self.onSliderDragged("echoSpacing", value))
+        self.ui.refocusAngleSliderWidget.valueIsChanging.connect(
+            lambda value: self.onSliderDragged("refocusAngle", value))
+        self.ui.echoSeriesButton.clicked.connect(self.onEchoSeries)
 
         self._fullUpdateTimer = qt.QTimer()
         self._fullUpdateTimer.setSingleShot(True)
@@ -160,7 +168,7 @@ class QMRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------ state
     def _ready(self) -> bool:
         p = self._parameterNode
-        return bool(p and p.pdVolume and p.r1Volume and p.r2sVolume)
+        return bool(p) and not self.logic.core.missingInputs(p)
 
     def onParameterNodeModified(self, caller=None, event=None) -> None:
         p = self._parameterNode
@@ -171,11 +179,19 @@ class QMRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             control = self.ui.nSpinBox if name == "n" else getattr(self.ui, f"{name}SliderWidget")
             control.setVisible(name in used)
             getattr(self.ui, f"{name}Label").setVisible(name in used)
+        multiEcho = p.sequence == MULTI_ECHO
+        self.ui.multiEchoGroupBox.setVisible(multiEcho)
+        if multiEcho and p.displayedEcho > p.echoCount:  # fewer echoes than the one shown: show the last
+            p.displayedEcho = p.echoCount
+            return  # the change comes back here
+        self.ui.displayedEchoValueLabel.setText(_("echo {k} of {n}, at {t:g} ms").format(
+            k=p.displayedEcho, n=p.echoCount, t=p.displayedEcho * p.echoSpacing))
+        self.ui.echoSeriesButton.setEnabled(multiEcho and p.outputVolume is not None)
         self.ui.snrSliderWidget.setEnabled(p.addNoise)
         self.ui.noiseSeedSpinBox.setEnabled(p.addNoise)
-        self.ui.applyButton.setEnabled(self._ready())
-        self.ui.applyButton.setToolTip(_("Simulate the whole volume") if self._ready()
-                                       else _("Select PD, R1 and R2* maps first"))
+        missing = self.logic.core.missingInputs(p)
+        self.ui.applyButton.setEnabled(not missing)
+        self.ui.applyButton.setToolTip(_("Simulate the whole volume") if not missing else missing)
         self.ui.synthesizeButton.setEnabled(p.labelVolume is not None)
         self.ui.exportButton.setEnabled(p.outputVolume is not None)
         if p.liveUpdate and self._ready() and not self._simulating:
@@ -194,14 +210,10 @@ class QMRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         if not (p and p.liveUpdate and self._ready() and p.outputVolume is not None):
             return
-        settings = SimulationSettings.fromParameters(p)
-        if name == "snr":
-            settings = SimulationSettings(settings.sequence, settings.params, settings.useB1t, settings.useB1r,
-                                          float(value) if p.addNoise else None, settings.seed)
-        elif name in settings.params:
-            settings = SimulationSettings(settings.sequence, {**settings.params, name: float(value)},
-                                          settings.useB1t, settings.useB1r, settings.snr, settings.seed)
-        else:
+        if self.logic.core.fromLabels(p):  # SynthMap paints the whole label map: it follows on release
+            return
+        settings = SimulationSettings.fromParameters(p).withValue(name, value)
+        if settings is None:
             return
         try:
             mapNodes = self.logic.core.mapNodesFromParameters(p)
@@ -266,6 +278,12 @@ class QMRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 raise ValueError(_("choose a file name ending in .nii or .nii.gz"))
             written = self.logic.core.exportNifti(self._parameterNode.outputVolume, path)
             self._setStatus(_("Written: {path}").format(path=written))
+
+    def onEchoSeries(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not make the echo series."), waitCursor=True):
+            sequence = self.logic.core.echoSeriesSequence()
+            self._setStatus(_("Echo series: {name} (choose it in qMRI Segment > Myelin water fraction)").format(
+                name=sequence.GetName()))
 
     def onPlot(self) -> None:
         p = self._parameterNode
