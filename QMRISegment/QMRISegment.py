@@ -365,6 +365,8 @@ class QMRISegmentTest(ScriptedLoadableModuleTest):
         self.test_ImportMaskAsCodedSegment()
         self.setUp()
         self.test_BackgroundSegmentationAndCancel()
+        self.setUp()
+        self.test_EstimateMwfFromA4DNifti()
 
     def _volume(self):
         rng = np.random.default_rng(0)
@@ -425,6 +427,43 @@ class QMRISegmentTest(ScriptedLoadableModuleTest):
             qt.QThread.msleep(50)
         self.assertIsNotNone(p.outputSegmentation)
         self.assertIsNotNone(p.outputTable)
+        self.delayDisplay("Test passed")
+
+    def test_EstimateMwfFromA4DNifti(self):
+        import nibabel as nib
+        from qmricore.physics import cpmg
+
+        self.delayDisplay("Estimate MWF: a 4D NIfTI loaded as a volume sequence, NNLS in the background, Cancel")
+        trains = cpmg(np.array([0.02, 0.08]), 1.0, te=0.01, n_echoes=16, refocus=170.0)
+        train = 100.0 * (0.2 * trains[0] + 0.8 * trains[1])  # MWF 0.2
+        affine = np.array([[0.9, 0.1, 0.0, -10.0], [-0.1, 0.9, 0.0, 5.0], [0.0, 0.0, 2.5, 3.0], [0, 0, 0, 1]])
+        path = os.path.join(slicer.app.temporaryPath, "qmrisegment_test_multi_echo.nii.gz")
+        nib.save(nib.Nifti1Image(np.broadcast_to(train, (4, 3, 2, 16)).astype(np.float32), affine), path)
+        sequence = slicer.util.loadSequence(path)
+        self.assertTrue(sequence.IsA("vtkMRMLSequenceNode"))
+        slicer.util.selectModule("QMRISegment")
+        widget = slicer.modules.QMRISegmentWidget
+        p = widget._parameterNode
+        p.multiEchoSequence, p.mwfEchoSpacing, p.mwfMethod = sequence, 10.0, "NNLS"
+        combo = widget.ui.mwfMethodComboBox
+        if widget.logic.core.cnnUnavailableReason(p.mwfModelPath):  # no shipped CNN: its item is disabled
+            self.assertFalse(combo.model().item(combo.findText("CNN")).isEnabled())
+        widget.ui.estimateMwfButton.click()
+        self.assertEqual(widget.ui.estimateMwfButton.text, "Cancel")
+        widget.ui.estimateMwfButton.click()  # cancel
+        self.assertIsNone(widget.job)
+        self.assertEqual(widget.ui.estimateMwfButton.text, "Estimate MWF")
+        widget.ui.estimateMwfButton.click()
+        while widget.job is not None:
+            slicer.app.processEvents()
+            qt.QThread.msleep(50)
+        mwf = slicer.util.arrayFromVolume(p.mwfVolume)
+        self.assertEqual(mwf.shape, (2, 3, 4))
+        self.assertTrue(np.all(np.abs(mwf - 0.2) < 0.02))
+        reference, output = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+        sequence.GetNthDataNode(0).GetIJKToRASMatrix(reference)
+        p.mwfVolume.GetIJKToRASMatrix(output)
+        np.testing.assert_array_equal(slicer.util.arrayFromVTKMatrix(output), slicer.util.arrayFromVTKMatrix(reference))
         self.delayDisplay("Test passed")
 
 

@@ -328,6 +328,8 @@ class QMRISynthTest(ScriptedLoadableModuleTest):
         self.test_SimulationMatchesLibrary()
         self.setUp()
         self.test_SliceUpdateAndWidget()
+        self.setUp()
+        self.test_MultiEchoFromMapsAndLabels()
 
     def _maps(self):
         rng = np.random.default_rng(0)
@@ -372,6 +374,46 @@ class QMRISynthTest(ScriptedLoadableModuleTest):
         after = slicer.util.arrayFromVolume(p.outputVolume)
         self.assertFalse(np.array_equal(before, after))
         self.assertFalse(widget.ui.tiSliderWidget.visible)  # GRE has no TI
+        self.delayDisplay("Test passed")
+
+    def test_MultiEchoFromMapsAndLabels(self):
+        from qmricore import physics
+
+        self.delayDisplay("Multi-echo spin echo: echo k from maps is PD exp(-k TE R2); SynthMap from a label map")
+        nodes, arrays, ijkToRas = self._maps()
+        rng = np.random.default_rng(1)
+        r2 = rng.uniform(5, 25, arrays["pd"].shape).astype(np.float32)
+        nodes["r2"] = slicer.util.addVolumeFromArray(r2, ijkToRas, name="r2")
+        slicer.util.selectModule("QMRISynth")
+        widget = slicer.modules.QMRISynthWidget
+        p = widget._parameterNode
+        widget.logic.core.assignMapNodes(p, nodes)
+        p.sequence, p.multiEchoSource, p.echoSpacing, p.echoCount, p.refocusAngle, p.displayedEcho = (
+            "cpmg", "maps", 10.0, 16, 180.0, 4)
+        self.assertFalse(widget.ui.multiEchoGroupBox.isHidden())
+        self.assertTrue(widget.ui.trSliderWidget.isHidden())  # the CPMG train has no TR slider
+        widget.ui.applyButton.click()
+        expected = arrays["pd"] * np.exp(-4 * 0.010 * r2)  # ideal refocusing: T2 decay with R2, not R2*
+        np.testing.assert_allclose(slicer.util.arrayFromVolume(p.outputVolume), expected, rtol=1e-5)
+        p.displayedEcho = 20  # beyond the 16 echoes: the widget shows the last one
+        self.assertEqual(p.displayedEcho, 16)
+        p.refocusAngle = 150.0
+        widget.ui.applyButton.click()
+        trains = physics.cpmg(1 / r2, 1 / arrays["r1"], te=0.010, n_echoes=16, refocus=150.0)
+        np.testing.assert_allclose(slicer.util.arrayFromVolume(p.outputVolume), arrays["pd"] * trains[..., 15],
+                                   rtol=1e-5)
+        labels = np.zeros(arrays["pd"].shape, np.int16)
+        labels[2:10, 3:13, 4:16] = 2  # white matter
+        p.labelVolume = slicer.util.addVolumeFromArray(labels, ijkToRas, name="labels",
+                                                       nodeClassName="vtkMRMLLabelMapVolumeNode")
+        p.multiEchoSource, p.displayedEcho = "label map", 1
+        widget.ui.applyButton.click()
+        shown = slicer.util.arrayFromVolume(p.outputVolume)
+        self.assertTrue(np.all(shown[labels == 0] == 0) and np.all(shown[labels == 2] > 0))  # noise off
+        self.assertTrue(p.outputVolume.GetAttribute("QMRI.SynthMapDraw"))
+        widget.ui.echoSeriesButton.click()
+        series = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSequenceNode")
+        self.assertEqual(series.GetNumberOfDataNodes(), 16)
         self.delayDisplay("Test passed")
 
 

@@ -332,3 +332,22 @@ def test_standin_cnn_item_is_disabled_with_the_reason(tmp_path):
     widget_standin.showMultiEcho(synth, echo=4)
     assert widget_standin.findWidget(synth, "displayedEchoValueLabel").text() == "echo 4 of 32, at 40 ms"
     assert widget_standin.screenshot("QMRISynth", tmp_path / "me.png", multiEcho=True).stat().st_size > 5000
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_test_class_runs_every_test_and_uses_real_slicer_util(module):
+    """The in-app ``<Module>Test`` cannot run here: check that runTest calls each test_ method, and that every
+    ``slicer.util.<name>`` the module uses exists in slicer-core's ``slicer.util`` (a typo would only fail in the app)."""
+    import slicer.util
+
+    tree = ast.parse((ROOT / module / f"{module}.py").read_text())
+    test = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == f"{module}Test")
+    methods = {f.name for f in test.body if isinstance(f, ast.FunctionDef) and f.name.startswith("test_")}
+    run = next(f for f in test.body if isinstance(f, ast.FunctionDef) and f.name == "runTest")
+    called = {c.func.attr for c in ast.walk(run) if isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute)}
+    assert methods and methods <= called, f"{module}Test.runTest skips {sorted(methods - called)}"
+    used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Attribute)
+            and n.value.attr == "util" and isinstance(n.value.value, ast.Name) and n.value.value.id == "slicer"}
+    assert used, "no slicer.util calls found"
+    missing = sorted(name for name in used if not hasattr(slicer.util, name))
+    assert not missing, f"{module}.py uses slicer.util functions that do not exist: {missing}"
