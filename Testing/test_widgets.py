@@ -337,7 +337,7 @@ def test_standin_cnn_item_is_disabled_with_the_reason(tmp_path):
 @pytest.mark.parametrize("module", MODULES)
 def test_module_test_class_runs_every_test_and_uses_real_slicer_util(module):
     """The in-app ``<Module>Test`` cannot run here: check that runTest calls each test_ method, and that every
-    ``slicer.util.<name>`` the module uses exists in slicer-core's ``slicer.util`` (a typo would only fail in the app)."""
+    ``slicer.util.<name>`` the module uses exists in slicer-core's ``slicer.util`` (a typo fails only in the app)."""
     import slicer.util
 
     tree = ast.parse((ROOT / module / f"{module}.py").read_text())
