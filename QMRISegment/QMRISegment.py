@@ -60,7 +60,9 @@ class QMRISegment(ScriptedLoadableModule):
             "MPRAGE. Runs on the GPU when there is one. The result is a segmentation with a coded 'Lesion' "
             "segment and a table with the lesion volume in mL. The model list holds the shipped models and the ones "
             "you import: 'Import SynthStroke model...' turns the SynthStroke authors' published weights (which you "
-            "download; their licence is the authors') into a model here, with the authors' preprocessing.")
+            "download; their licence is the authors') into a model here, with the authors' preprocessing. "
+            "'Estimate MWF' turns a multi-echo spin-echo series (a 4D NIfTI, which Slicer loads as a volume "
+            "sequence) into a myelin water fraction map by regularised NNLS or a trained CNN (qmricore mwf).")
         self.parent.acknowledgementText = _("Built on the qmricore library (MONAI networks).")
 
 
@@ -104,6 +106,7 @@ class QMRISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.applyButton.clicked.connect(self.onApplyButton)
         self.ui.estimateButton.clicked.connect(self.onEstimateButton)
+        self.ui.estimateMwfButton.clicked.connect(self.onEstimateMwfButton)
         self.ui.importModelButton.clicked.connect(self.onImportModelButton)
         self.ui.modelTableWidget.itemSelectionChanged.connect(self.onModelSelected)
         self.ui.modelTableWidget.setColumnCount(len(MODEL_TABLE_COLUMNS))
@@ -207,12 +210,31 @@ class QMRISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------ buttons
     def updateButtons(self, caller=None, event=None) -> None:
         running = self.job is not None
-        hasInput = bool(self._parameterNode and self._parameterNode.inputVolume1)
+        p = self._parameterNode
+        hasInput = bool(p and p.inputVolume1)
+        hasSeries = bool(p and p.multiEchoSequence)
         self.ui.applyButton.setText(_("Cancel") if running and self._jobButton == "segment" else _("Segment lesions"))
         self.ui.estimateButton.setText(_("Cancel") if running and self._jobButton == "estimate"
                                        else _("Estimate qMRI maps (MPRAGE)"))
+        self.ui.estimateMwfButton.setText(_("Cancel") if running and self._jobButton == "mwf" else _("Estimate MWF"))
         self.ui.applyButton.setEnabled(hasInput and (not running or self._jobButton == "segment"))
         self.ui.estimateButton.setEnabled(hasInput and (not running or self._jobButton == "estimate"))
+        self.ui.estimateMwfButton.setEnabled(hasSeries and (not running or self._jobButton == "mwf"))
+        if p is not None:
+            self.updateMwfMethods()
+
+    def updateMwfMethods(self) -> None:
+        """Enable the CNN method only when a model file is there; its tooltip says why not."""
+        p = self._parameterNode
+        reason = self.logic.core.cnnUnavailableReason(p.mwfModelPath)
+        combo = self.ui.mwfMethodComboBox
+        item = combo.model().item(combo.findText("CNN"))
+        if item is not None:
+            item.setEnabled(not reason)
+            item.setToolTip(reason or _("Trained CNN MWF estimator"))
+        combo.setToolTip(reason or _("NNLS: regularised T2 spectrum per voxel; CNN: the trained network"))
+        if reason and p.mwfMethod == "CNN":
+            p.mwfMethod = "NNLS"
 
     def onApplyButton(self) -> None:
         if self.job is not None:
@@ -234,6 +256,13 @@ class QMRISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Could not start the estimation."), waitCursor=True):
             self._startJob("estimate", self.logic.core.startEstimation(
                 mprage, p.estimatorModelPath, p.testTimeAugmentation, p.device))
+
+    def onEstimateMwfButton(self) -> None:
+        if self.job is not None:
+            self.cancelJob()
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not start the MWF estimation."), waitCursor=True):
+            self._startJob("mwf", self.logic.core.startMwfFromParameters(self._parameterNode))
 
     # ------------------------------------------------------------------ background job
     def _startJob(self, button: str, job) -> None:
@@ -283,6 +312,10 @@ class QMRISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p.outputSegmentation, p.outputTable = nodes["segmentation"], nodes["table"]
             nodes["segmentation"].CreateClosedSurfaceRepresentation()
             self.ui.statusLabel.setText(_("Lesion volume: {ml:.2f} mL").format(ml=nodes["lesion_ml"] or 0.0))
+        elif job.kind == "mwf":
+            p.mwfVolume = nodes["mwf"]
+            slicer.util.setSliceViewerLayers(background=nodes["mwf"], fit=True)
+            self.ui.statusLabel.setText(_("MWF map: {name}").format(name=nodes["mwf"].GetName()))
         else:
             slicer.util.setSliceViewerLayers(background=nodes.get("r1"))
             names = ", ".join(node.GetName() for node in nodes.values())
@@ -311,6 +344,12 @@ class QMRISegmentLogic(ScriptedLoadableModuleLogic):
                                           p.device, p.outputSegmentation, p.outputTable)
         return self.core.run(job, timeout)
 
+    def estimateMwf(self, parameterNode, timeout=None):
+        """Estimate the MWF map and wait (headless callers); returns the MWF volume node."""
+        nodes = self.core.run(self.core.startMwfFromParameters(parameterNode), timeout)
+        parameterNode.mwfVolume = nodes["mwf"]
+        return nodes["mwf"]
+
 
 #
 # QMRISegmentTest (runs in the Slicer app)
@@ -326,6 +365,8 @@ class QMRISegmentTest(ScriptedLoadableModuleTest):
         self.test_ImportMaskAsCodedSegment()
         self.setUp()
         self.test_BackgroundSegmentationAndCancel()
+        self.setUp()
+        self.test_EstimateMwfFromA4DNifti()
 
     def _volume(self):
         rng = np.random.default_rng(0)
@@ -386,6 +427,43 @@ class QMRISegmentTest(ScriptedLoadableModuleTest):
             qt.QThread.msleep(50)
         self.assertIsNotNone(p.outputSegmentation)
         self.assertIsNotNone(p.outputTable)
+        self.delayDisplay("Test passed")
+
+    def test_EstimateMwfFromA4DNifti(self):
+        import nibabel as nib
+        from qmricore.physics import cpmg
+
+        self.delayDisplay("Estimate MWF: a 4D NIfTI loaded as a volume sequence, NNLS in the background, Cancel")
+        trains = cpmg(np.array([0.02, 0.08]), 1.0, te=0.01, n_echoes=16, refocus=170.0)
+        train = 100.0 * (0.2 * trains[0] + 0.8 * trains[1])  # MWF 0.2
+        affine = np.array([[0.9, 0.1, 0.0, -10.0], [-0.1, 0.9, 0.0, 5.0], [0.0, 0.0, 2.5, 3.0], [0, 0, 0, 1]])
+        path = os.path.join(slicer.app.temporaryPath, "qmrisegment_test_multi_echo.nii.gz")
+        nib.save(nib.Nifti1Image(np.broadcast_to(train, (4, 3, 2, 16)).astype(np.float32), affine), path)
+        sequence = slicer.util.loadSequence(path)
+        self.assertTrue(sequence.IsA("vtkMRMLSequenceNode"))
+        slicer.util.selectModule("QMRISegment")
+        widget = slicer.modules.QMRISegmentWidget
+        p = widget._parameterNode
+        p.multiEchoSequence, p.mwfEchoSpacing, p.mwfMethod = sequence, 10.0, "NNLS"
+        combo = widget.ui.mwfMethodComboBox
+        if widget.logic.core.cnnUnavailableReason(p.mwfModelPath):  # no shipped CNN: its item is disabled
+            self.assertFalse(combo.model().item(combo.findText("CNN")).isEnabled())
+        widget.ui.estimateMwfButton.click()
+        self.assertEqual(widget.ui.estimateMwfButton.text, "Cancel")
+        widget.ui.estimateMwfButton.click()  # cancel
+        self.assertIsNone(widget.job)
+        self.assertEqual(widget.ui.estimateMwfButton.text, "Estimate MWF")
+        widget.ui.estimateMwfButton.click()
+        while widget.job is not None:
+            slicer.app.processEvents()
+            qt.QThread.msleep(50)
+        mwf = slicer.util.arrayFromVolume(p.mwfVolume)
+        self.assertEqual(mwf.shape, (2, 3, 4))
+        self.assertTrue(np.all(np.abs(mwf - 0.2) < 0.02))
+        reference, output = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+        sequence.GetNthDataNode(0).GetIJKToRASMatrix(reference)
+        p.mwfVolume.GetIJKToRASMatrix(output)
+        np.testing.assert_array_equal(slicer.util.arrayFromVTKMatrix(output), slicer.util.arrayFromVTKMatrix(reference))
         self.delayDisplay("Test passed")
 
 

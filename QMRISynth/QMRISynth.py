@@ -18,6 +18,7 @@ import vtk
 from QMRISynthLib.logic import QMRISynthLogic as SynthCore
 from QMRISynthLib.logic import SimulationSettings
 from QMRISynthLib.parameters import (
+    MULTI_ECHO,
     SEQUENCE_PARAMETERS,
     makeParameterNodeClass,
     parametersOfSequence,
@@ -56,6 +57,8 @@ class QMRISynth(ScriptedLoadableModule):
             "Simulate FSE, GRE/SPGR, FLAIR, MPRAGE and MP2RAGE images from quantitative maps (PD, R1, R2*, "
             "MT, optional B1) and watch the contrast change while dragging the TR/TE/TI/flip sliders. "
             "Load an hMRI-toolbox folder, or generate maps from a label map with qSynth (seeded). "
+            "The multi-echo spin echo (cpmg) simulates a whole echo train and shows the echo you choose; it needs "
+            "an R2 map (R2* is not T2) or takes the series from the label map with SynthMap. "
             "Times are in seconds, angles in degrees.")
         self.parent.acknowledgementText = _(
             "Physics after the qMRI-synthesis seed papers (physics-constrained synthetic data for lesion "
@@ -115,6 +118,11 @@ class QMRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 slider = getattr(self.ui, f"{name}SliderWidget")
                 slider.valueIsChanging.connect(lambda value, name=name: self.onSliderDragged(name, value))
         self.ui.snrSliderWidget.valueIsChanging.connect(lambda value: self.onSliderDragged("snr", value))
+        self.ui.echoSpacingSliderWidget.valueIsChanging.connect(
+            lambda value: self.onSliderDragged("echoSpacing", value))
+        self.ui.refocusAngleSliderWidget.valueIsChanging.connect(
+            lambda value: self.onSliderDragged("refocusAngle", value))
+        self.ui.echoSeriesButton.clicked.connect(self.onEchoSeries)
 
         self._fullUpdateTimer = qt.QTimer()
         self._fullUpdateTimer.setSingleShot(True)
@@ -160,7 +168,7 @@ class QMRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------ state
     def _ready(self) -> bool:
         p = self._parameterNode
-        return bool(p and p.pdVolume and p.r1Volume and p.r2sVolume)
+        return bool(p) and not self.logic.core.missingInputs(p)
 
     def onParameterNodeModified(self, caller=None, event=None) -> None:
         p = self._parameterNode
@@ -171,11 +179,19 @@ class QMRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             control = self.ui.nSpinBox if name == "n" else getattr(self.ui, f"{name}SliderWidget")
             control.setVisible(name in used)
             getattr(self.ui, f"{name}Label").setVisible(name in used)
+        multiEcho = p.sequence == MULTI_ECHO
+        self.ui.multiEchoGroupBox.setVisible(multiEcho)
+        if multiEcho and p.displayedEcho > p.echoCount:  # fewer echoes than the one shown: show the last
+            p.displayedEcho = p.echoCount
+            return  # the change comes back here
+        self.ui.displayedEchoValueLabel.setText(_("echo {k} of {n}, at {t:g} ms").format(
+            k=p.displayedEcho, n=p.echoCount, t=p.displayedEcho * p.echoSpacing))
+        self.ui.echoSeriesButton.setEnabled(multiEcho and p.outputVolume is not None)
         self.ui.snrSliderWidget.setEnabled(p.addNoise)
         self.ui.noiseSeedSpinBox.setEnabled(p.addNoise)
-        self.ui.applyButton.setEnabled(self._ready())
-        self.ui.applyButton.setToolTip(_("Simulate the whole volume") if self._ready()
-                                       else _("Select PD, R1 and R2* maps first"))
+        missing = self.logic.core.missingInputs(p)
+        self.ui.applyButton.setEnabled(not missing)
+        self.ui.applyButton.setToolTip(_("Simulate the whole volume") if not missing else missing)
         self.ui.synthesizeButton.setEnabled(p.labelVolume is not None)
         self.ui.exportButton.setEnabled(p.outputVolume is not None)
         if p.liveUpdate and self._ready() and not self._simulating:
@@ -194,14 +210,10 @@ class QMRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         if not (p and p.liveUpdate and self._ready() and p.outputVolume is not None):
             return
-        settings = SimulationSettings.fromParameters(p)
-        if name == "snr":
-            settings = SimulationSettings(settings.sequence, settings.params, settings.useB1t, settings.useB1r,
-                                          float(value) if p.addNoise else None, settings.seed)
-        elif name in settings.params:
-            settings = SimulationSettings(settings.sequence, {**settings.params, name: float(value)},
-                                          settings.useB1t, settings.useB1r, settings.snr, settings.seed)
-        else:
+        if self.logic.core.fromLabels(p):  # SynthMap paints the whole label map: it follows on release
+            return
+        settings = SimulationSettings.fromParameters(p).withValue(name, value)
+        if settings is None:
             return
         try:
             mapNodes = self.logic.core.mapNodesFromParameters(p)
@@ -267,6 +279,12 @@ class QMRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             written = self.logic.core.exportNifti(self._parameterNode.outputVolume, path)
             self._setStatus(_("Written: {path}").format(path=written))
 
+    def onEchoSeries(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not make the echo series."), waitCursor=True):
+            sequence = self.logic.core.echoSeriesSequence()
+            self._setStatus(_("Echo series: {name} (choose it in qMRI Segment > Myelin water fraction)").format(
+                name=sequence.GetName()))
+
     def onPlot(self) -> None:
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Could not plot the signal."), waitCursor=True):
@@ -310,6 +328,8 @@ class QMRISynthTest(ScriptedLoadableModuleTest):
         self.test_SimulationMatchesLibrary()
         self.setUp()
         self.test_SliceUpdateAndWidget()
+        self.setUp()
+        self.test_MultiEchoFromMapsAndLabels()
 
     def _maps(self):
         rng = np.random.default_rng(0)
@@ -354,6 +374,46 @@ class QMRISynthTest(ScriptedLoadableModuleTest):
         after = slicer.util.arrayFromVolume(p.outputVolume)
         self.assertFalse(np.array_equal(before, after))
         self.assertFalse(widget.ui.tiSliderWidget.visible)  # GRE has no TI
+        self.delayDisplay("Test passed")
+
+    def test_MultiEchoFromMapsAndLabels(self):
+        from qmricore import physics
+
+        self.delayDisplay("Multi-echo spin echo: echo k from maps is PD exp(-k TE R2); SynthMap from a label map")
+        nodes, arrays, ijkToRas = self._maps()
+        rng = np.random.default_rng(1)
+        r2 = rng.uniform(5, 25, arrays["pd"].shape).astype(np.float32)
+        nodes["r2"] = slicer.util.addVolumeFromArray(r2, ijkToRas, name="r2")
+        slicer.util.selectModule("QMRISynth")
+        widget = slicer.modules.QMRISynthWidget
+        p = widget._parameterNode
+        widget.logic.core.assignMapNodes(p, nodes)
+        p.sequence, p.multiEchoSource, p.echoSpacing, p.echoCount, p.refocusAngle, p.displayedEcho = (
+            "cpmg", "maps", 10.0, 16, 180.0, 4)
+        self.assertFalse(widget.ui.multiEchoGroupBox.isHidden())
+        self.assertTrue(widget.ui.trSliderWidget.isHidden())  # the CPMG train has no TR slider
+        widget.ui.applyButton.click()
+        expected = arrays["pd"] * np.exp(-4 * 0.010 * r2)  # ideal refocusing: T2 decay with R2, not R2*
+        np.testing.assert_allclose(slicer.util.arrayFromVolume(p.outputVolume), expected, rtol=1e-5)
+        p.displayedEcho = 20  # beyond the 16 echoes: the widget shows the last one
+        self.assertEqual(p.displayedEcho, 16)
+        p.refocusAngle = 150.0
+        widget.ui.applyButton.click()
+        trains = physics.cpmg(1 / r2, 1 / arrays["r1"], te=0.010, n_echoes=16, refocus=150.0)
+        np.testing.assert_allclose(slicer.util.arrayFromVolume(p.outputVolume), arrays["pd"] * trains[..., 15],
+                                   rtol=1e-5)
+        labels = np.zeros(arrays["pd"].shape, np.int16)
+        labels[2:10, 3:13, 4:16] = 2  # white matter
+        p.labelVolume = slicer.util.addVolumeFromArray(labels, ijkToRas, name="labels",
+                                                       nodeClassName="vtkMRMLLabelMapVolumeNode")
+        p.multiEchoSource, p.displayedEcho = "label map", 1
+        widget.ui.applyButton.click()
+        shown = slicer.util.arrayFromVolume(p.outputVolume)
+        self.assertTrue(np.all(shown[labels == 0] == 0) and np.all(shown[labels == 2] > 0))  # noise off
+        self.assertTrue(p.outputVolume.GetAttribute("QMRI.SynthMapDraw"))
+        widget.ui.echoSeriesButton.click()
+        series = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSequenceNode")
+        self.assertEqual(series.GetNumberOfDataNodes(), 16)
         self.delayDisplay("Test passed")
 
 

@@ -275,3 +275,79 @@ def test_standin_model_table_shows_the_shipped_models(tmp_path):
                                                                         "Source", "Size"]
     assert [table.item(r, 0).text() for r in range(len(shipped))] == ["lesion_seg_qsynth"]
     assert table.item(0, 1).text() == "6: background, GM, WM, GM/WM PV, CSF, lesion"
+
+
+def test_multi_echo_widgets_of_qmrisynth():
+    """The CPMG sequence: its own group (shown for "cpmg" only) with the five bound controls, drags wired."""
+    from QMRISynthLib.parameters import MULTI_ECHO, MULTI_ECHO_PARAMETERS
+
+    tree = ui_tree("QMRISynth")
+    group = next(w for w in tree.iter("widget") if w.get("name") == "multiEchoGroupBox")
+    inside = {prop(w, "SlicerParameterName"): w for w in group.iter("widget") if prop(w, "SlicerParameterName")}
+    assert set(inside) == {"multiEchoSource", *MULTI_ECHO_PARAMETERS}
+    assert inside["displayedEcho"].get("class") == "QSlider" and inside["echoCount"].get("class") == "QSpinBox"
+    assert prop(inside["echoSpacing"], "suffix") == " ms" and prop(inside["refocusAngle"], "suffix") == " deg"
+    sequence = widgets("QMRISynth")["sequenceComboBox"]
+    assert MULTI_ECHO in [item.find("property/string").text for item in sequence.findall("item")]
+    code = (ROOT / "QMRISynth" / "QMRISynth.py").read_text()
+    assert "self.ui.multiEchoGroupBox.setVisible(multiEcho)" in code
+    for name in ("echoSpacing", "refocusAngle"):  # dragging updates the slices, release the volume
+        assert re.search(rf'self\.ui\.{name}SliderWidget\.valueIsChanging\.connect\(\s*lambda value: '
+                         rf'self\.onSliderDragged\("{name}", value\)\)', code), name
+    assert "self.logic.core.echoSeriesSequence()" in code and "self.logic.core.missingInputs(p)" in code
+
+
+def test_mwf_widgets_of_qmrisegment():
+    """Estimate MWF: a volume-sequence input, TE in ms, NNLS/CNN, model, mask, output, one button (Cancel too)."""
+    found = widgets("QMRISegment")
+    assert prop(found["multiEchoSequenceSelector"], "nodeTypes") == ["vtkMRMLSequenceNode"]
+    assert found["mwfEchoSpacingSpinBox"].get("class") == "QDoubleSpinBox"
+    assert prop(found["mwfEchoSpacingSpinBox"], "suffix") == " ms"
+    assert prop(found["mwfVolumeSelector"], "addEnabled") is True
+    code = (ROOT / "QMRISegment" / "QMRISegment.py").read_text()
+    assert "self.ui.estimateMwfButton.clicked.connect(self.onEstimateMwfButton)" in code
+    assert 'self._startJob("mwf", self.logic.core.startMwfFromParameters(self._parameterNode))' in code
+    assert 'self.ui.estimateMwfButton.setText(_("Cancel") if running and self._jobButton == "mwf"' in code
+    assert "self.logic.core.cnnUnavailableReason(p.mwfModelPath)" in code
+
+
+def test_standin_cnn_item_is_disabled_with_the_reason(tmp_path):
+    pytest.importorskip("PySide6.QtUiTools")
+    import os
+
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    sys.path.insert(0, str(ROOT / "Testing"))
+    import widget_standin
+    from PySide6.QtCore import Qt
+
+    panel = widget_standin.loadPanel("QMRISegment")
+    widget_standin.dressSegmentPanel(panel)
+    combo = widget_standin.findWidget(panel, "mwfMethodComboBox")
+    item = combo.model().item(combo.findText("CNN"))
+    assert not item.isEnabled() and not (item.flags() & Qt.ItemIsEnabled)
+    assert "mwf_cnn.pt" in item.toolTip() and "model file" in combo.toolTip()
+    assert combo.model().item(combo.findText("NNLS")).isEnabled()
+    synth = widget_standin.loadPanel("QMRISynth")
+    widget_standin.dressSynthPanel(synth)
+    widget_standin.showMultiEcho(synth, echo=4)
+    assert widget_standin.findWidget(synth, "displayedEchoValueLabel").text() == "echo 4 of 32, at 40 ms"
+    assert widget_standin.screenshot("QMRISynth", tmp_path / "me.png", multiEcho=True).stat().st_size > 5000
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_test_class_runs_every_test_and_uses_real_slicer_util(module):
+    """The in-app ``<Module>Test`` cannot run here: check that runTest calls each test_ method, and that every
+    ``slicer.util.<name>`` the module uses exists in slicer-core's ``slicer.util`` (a typo fails only in the app)."""
+    import slicer.util
+
+    tree = ast.parse((ROOT / module / f"{module}.py").read_text())
+    test = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == f"{module}Test")
+    methods = {f.name for f in test.body if isinstance(f, ast.FunctionDef) and f.name.startswith("test_")}
+    run = next(f for f in test.body if isinstance(f, ast.FunctionDef) and f.name == "runTest")
+    called = {c.func.attr for c in ast.walk(run) if isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute)}
+    assert methods and methods <= called, f"{module}Test.runTest skips {sorted(methods - called)}"
+    used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Attribute)
+            and n.value.attr == "util" and isinstance(n.value.value, ast.Name) and n.value.value.id == "slicer"}
+    assert used, "no slicer.util calls found"
+    missing = sorted(name for name in used if not hasattr(slicer.util, name))
+    assert not missing, f"{module}.py uses slicer.util functions that do not exist: {missing}"

@@ -310,6 +310,32 @@ def dressSynthPanel(panel: QWidget) -> None:
         control = findWidget(panel, "nSpinBox" if name == "n" else f"{name}SliderWidget")
         control.setVisible(name in used)
         findWidget(panel, f"{name}Label").setVisible(name in used)
+    findWidget(panel, "multiEchoGroupBox").setVisible(False)  # shown for the cpmg sequence only
+
+
+def showMultiEcho(panel: QWidget, echo: int = 3) -> None:
+    """What the widget shows for the multi-echo spin echo: only its group, with the echo label filled."""
+    from QMRISynthLib.parameters import MULTI_ECHO, SEQUENCE_PARAMETERS
+
+    combo = findWidget(panel, "sequenceComboBox")
+    combo.setCurrentIndex(combo.findText(MULTI_ECHO))
+    for name in SEQUENCE_PARAMETERS:
+        findWidget(panel, "nSpinBox" if name == "n" else f"{name}SliderWidget").setVisible(False)
+        findWidget(panel, f"{name}Label").setVisible(False)
+    findWidget(panel, "multiEchoGroupBox").setVisible(True)
+    findWidget(panel, "displayedEchoSlider").setValue(echo)
+    spacing = findWidget(panel, "echoSpacingSliderWidget").getValue()
+    count = findWidget(panel, "echoCountSpinBox").value()
+    findWidget(panel, "displayedEchoValueLabel").setText(f"echo {echo} of {count}, at {echo * spacing:g} ms")
+
+
+def disableUnavailableCnn(panel: QWidget, reason: str) -> None:
+    """What QMRISegmentWidget.updateMwfMethods does without a CNN model: the CNN item greyed out, with why."""
+    combo = findWidget(panel, "mwfMethodComboBox")
+    item = combo.model().item(combo.findText("CNN"))
+    item.setEnabled(False)
+    item.setToolTip(reason)
+    combo.setToolTip(reason)
 
 
 def fillModelTable(panel: QWidget, rows: list[tuple[str, ...]]) -> None:
@@ -334,21 +360,29 @@ def dressSegmentPanel(panel: QWidget) -> None:
                "74.6 MB")  # what an import adds (illustration: no authors' file ships here)
     fillModelTable(panel, [m.row() for m in shipped] + [example])
     findWidget(panel, "modelTableWidget").selectRow(len(shipped))
+    sys.path.insert(0, str(ROOT / "QMRISegment"))
+    from QMRISegmentLib.logic import QMRISegmentLogic
+
+    disableUnavailableCnn(panel, QMRISegmentLogic(scene=object()).cnnUnavailableReason())
+    findWidget(panel, "mwfCollapsibleButton").setCollapsed(False)
     findWidget(panel, "progressBar").setVisible(True)
     findWidget(panel, "progressBar").setValue(40)
     findWidget(panel, "statusLabel").setText("segmenting 1 image(s) with 8-flip TTA")
 
 
-def screenshot(module: str, out: Path | None = None) -> Path:
-    """Render the stand-in panel offscreen to ``Resources/Screenshots/<module>_panel.png``."""
+def screenshot(module: str, out: Path | None = None, multiEcho: bool = False) -> Path:
+    """Render the stand-in panel offscreen to ``Resources/Screenshots/<module>_panel.png`` (QMRISynth with
+    ``multiEcho``: the multi-echo spin echo's controls, ``QMRISynth_multiecho_panel.png``)."""
     panel = loadPanel(module)
     (dressSynthPanel if module == "QMRISynth" else dressSegmentPanel)(panel)
+    if multiEcho:
+        showMultiEcho(panel)
     panel.resize(420, panel.sizeHint().height())
     panel.show()
     application().processEvents()
     panel.resize(420, panel.sizeHint().height())
     application().processEvents()
-    out = out or SCREENSHOTS / f"{module}_panel.png"
+    out = out or SCREENSHOTS / f"{module}{'_multiecho' if multiEcho else ''}_panel.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     if not panel.grab().save(str(out)):
         raise OSError(f"{out}: could not write the screenshot")
@@ -359,3 +393,4 @@ def screenshot(module: str, out: Path | None = None) -> Path:
 if __name__ == "__main__":
     for name in MODULES:
         print(screenshot(name))
+    print(screenshot("QMRISynth", multiEcho=True))

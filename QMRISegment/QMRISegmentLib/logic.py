@@ -6,6 +6,9 @@
   terminology-coded "Lesion" segment on the first input's grid, and a table with the lesion volume in mL.
 * :meth:`QMRISegmentLogic.startEstimation` does the same for qMRI estimation (MPRAGE -> PD, R1, R2*,
   MT volume nodes on the MPRAGE's grid).
+* :meth:`QMRISegmentLogic.startMwf` writes a multi-echo series (a volume sequence node: what Slicer 5 makes of a
+  4D NIfTI) as one 4D NIfTI and runs ``python -m qmricore mwf ... --progress-lines`` in the same runner; the
+  MWF map comes back as a scalar volume node on the first echo's exact grid.
 
 Everything a user can get wrong (no input, no model file, a failed worker) raises or reports one line.
 """
@@ -25,9 +28,11 @@ import slicer
 import vtk
 from QMRISynthLib import mrmlio
 from QMRISynthLib.logic import MAP_ATTRIBUTE, MAP_TITLES
+from QMRISynthLib.parameters import MS_PER_S
 
 from qmricore.errors import InputError
-from qmricore.io import read_volume
+from qmricore.io import Volume, read_volume, write_nifti
+from qmricore.mwf.nnls import MIN_ECHOES, check_te
 
 from . import models
 from .models import MODEL_FOLDERS, ModelInfo
@@ -36,6 +41,10 @@ from .runner import BackgroundRunner, Event, RunnerEvent
 WORKER = Path(__file__).with_name("worker.py")
 DEFAULT_SEGMENTER = "lesion_seg_qsynth.pt"
 DEFAULT_ESTIMATOR = "qatlas_estimator.pt"
+#: The shipped CNN MWF estimator, when there is one (Resources/Models/); without it CNN needs a chosen file.
+DEFAULT_MWF_MODEL = "mwf_cnn.pt"
+#: Node attribute: the method that made an MWF map.
+MWF_METHOD_ATTRIBUTE = "QMRI.MWFMethod"
 
 LESION_SEGMENT_NAME = "Lesion"
 #: Display colour of the lesion segment (RGB 0-1): a saturated orange-red that stands out on grey MRI.
@@ -59,12 +68,12 @@ TABLE_COLUMNS = ("Segment", "Voxel count", "Volume (mL)", "Inputs", "Model")
 class Job:
     """A running background task and what is needed to import its result."""
 
-    kind: str  # "segment" or "estimate"
+    kind: str  # "segment", "estimate" or "mwf"
     runner: BackgroundRunner
     folder: Path
     referenceNode: Any
     inputs: list[tuple[Any, str]]
-    model: Path
+    model: Path | None  # None: NNLS needs no model
     outputs: dict[str, Any] = field(default_factory=dict)
 
     def cleanup(self) -> None:
@@ -202,6 +211,10 @@ class QMRISegmentLogic:
                     Path(event.result["mask"]), job.referenceNode, job.outputs.get("segmentation"),
                     job.outputs.get("table"), inputs=job.inputs, model=job.model)
                 return {"segmentation": segmentation, "table": table, "lesion_ml": event.result.get("lesion_ml")}
+            if job.kind == "mwf":
+                method = "CNN" if job.model is not None else "NNLS"
+                return {"mwf": self.importMwf(Path(event.result["mwf"]), job.referenceNode, job.outputs.get("mwf"),
+                                              f"{mrmlio.nodeName(job.inputs[0][0])}_MWF", method)}
             return self.importEstimatedMaps(event.result["maps"], job.referenceNode)
         finally:
             job.cleanup()
@@ -210,6 +223,135 @@ class QMRISegmentLogic:
         """Wait for a job (batch use) and import its result; raises on failure."""
         events = job.runner.wait(timeout)
         return self.finishJob(job, events[-1])
+
+    # ------------------------------------------------------------------ myelin water fraction
+    @staticmethod
+    def echoNodes(sequenceNode: Any) -> list[Any]:
+        """The echo volumes of a multi-echo series (a volume sequence node), in sequence order, checked.
+
+        Raises
+        ------
+        InputError
+            No node, items that are not scalar volumes or have no voxels, echoes on different grids, fewer than
+            ``qmricore.mwf.nnls.MIN_ECHOES`` echoes (one line naming the node).
+        """
+        if sequenceNode is None:
+            raise InputError("select the multi-echo series (a 4D NIfTI loads into Slicer as a volume sequence)")
+        name = mrmlio.nodeName(sequenceNode)
+        if not sequenceNode.IsA("vtkMRMLSequenceNode"):
+            raise InputError(f"multi-echo series: a volume sequence is needed, got a {sequenceNode.GetClassName()}",
+                             name)
+        echoes = [sequenceNode.GetNthDataNode(i) for i in range(sequenceNode.GetNumberOfDataNodes())]
+        if len(echoes) < MIN_ECHOES:
+            raise InputError(f"multi-echo series: has {len(echoes)} echo(es); at least {MIN_ECHOES} are needed", name)
+        for index, node in enumerate(echoes):
+            if node is None or not node.IsA("vtkMRMLScalarVolumeNode") or node.GetImageData() is None:
+                kind = "nothing" if node is None else node.GetClassName()
+                raise InputError(f"multi-echo series: item {index + 1} is {kind}, not a scalar volume", name)
+            if not mrmlio.sameGeometry(echoes[0], node):
+                raise InputError(f"multi-echo series: echo {index + 1} is not on the grid of echo 1", name)
+        return echoes
+
+    @staticmethod
+    def writeEchoSeries(echoes: Sequence[Any], path: Path) -> Path:
+        """The echo volumes as one 4D NIfTI (x, y, z, echoes; float32) with echo 1's IJK-to-RAS as affine."""
+        data = np.stack([mrmlio.arrayKJI(node, f"echo {i + 1}").transpose(2, 1, 0)
+                         for i, node in enumerate(echoes)], axis=-1).astype(np.float32)
+        like = Volume(data=np.broadcast_to(np.float32(0), data.shape), affine=mrmlio.ijkToRas(echoes[0]), header=None)
+        return write_nifti(path, data, like)
+
+    def mwfModel(self, path: Any = None) -> Path | None:
+        """The CNN model file: ``path`` when given (it must exist), else the shipped one, else None."""
+        text = "" if path is None else str(path)
+        if text in ("", "."):
+            return defaultModelPath(DEFAULT_MWF_MODEL)
+        model = Path(text)
+        if not model.is_file():
+            raise InputError("MWF model file: no such file", model)
+        return model
+
+    def cnnUnavailableReason(self, path: Any = None) -> str:
+        """Why the CNN method cannot run now ("" when it can): no model file chosen and none shipped."""
+        try:
+            if self.mwfModel(path) is not None:
+                return ""
+        except InputError as error:
+            return str(error)
+        return (f"The CNN needs a model file: choose one under 'MWF model' (the default "
+                f"Resources/Models/{DEFAULT_MWF_MODEL} is not installed).")
+
+    @staticmethod
+    def mwfCommand(series: Path, te: float, out: Path, model: Path | None = None,
+                   mask: Path | None = None) -> list[str]:
+        """``python -m qmricore mwf ... --progress-lines``; ``--method cnn --model M`` only with a CNN model."""
+        command = [sys.executable, "-m", "qmricore", "mwf", "--input", str(series), "--te", repr(float(te)),
+                   "--out", str(out), "--progress-lines"]
+        if model is not None:
+            command += ["--method", "cnn", "--model", str(model)]
+        if mask is not None:
+            command += ["--mask", str(mask)]
+        return command
+
+    def startMwf(self, sequenceNode: Any, te: float, method: str = "NNLS", model: Any = None, maskNode: Any = None,
+                 outputNode: Any = None) -> Job:
+        """Start estimating the myelin water fraction of a multi-echo series in a background process.
+
+        Parameters
+        ----------
+        sequenceNode
+            The multi-echo spin-echo series: a volume sequence node, one scalar volume per echo.
+        te
+            Echo spacing, seconds.
+        method
+            ``"NNLS"`` (``qmricore mwf``'s regularised NNLS) or ``"CNN"`` (needs a model: ``model`` or the shipped
+            :data:`DEFAULT_MWF_MODEL`).
+        maskNode
+            Optional label map on the echoes' grid: only voxels > 0 are fitted.
+        outputNode
+            Scalar volume node to fill (None: a new one).
+        """
+        check_te(te)
+        if method not in ("NNLS", "CNN"):
+            raise InputError(f"MWF method must be NNLS or CNN, got {method!r}")
+        echoes = self.echoNodes(sequenceNode)
+        modelPath = None
+        if method == "CNN":
+            modelPath = self.mwfModel(model)
+            if modelPath is None:
+                raise InputError(self.cnnUnavailableReason(model))
+        if maskNode is not None and not mrmlio.sameGeometry(echoes[0], maskNode):
+            raise InputError(f"MWF mask is not on the grid of the multi-echo series {mrmlio.nodeName(sequenceNode)}",
+                             mrmlio.nodeName(maskNode))
+        folder = Path(tempfile.mkdtemp(prefix="qmrimwf-"))
+        try:
+            series = self.writeEchoSeries(echoes, folder / "multi_echo.nii.gz")
+            mask = mrmlio.exportNifti(maskNode, folder / "mask.nii.gz") if maskNode is not None else None
+            runner = BackgroundRunner(self.mwfCommand(series, te, folder / "mwf", modelPath, mask)).start()
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return Job("mwf", runner, folder, echoes[0], [(sequenceNode, "multi-echo")], modelPath, {"mwf": outputNode})
+
+    def startMwfFromParameters(self, p: Any) -> Job:
+        """:meth:`startMwf` with a parameter node's series, echo spacing (ms there), method, model, mask, output."""
+        return self.startMwf(p.multiEchoSequence, p.mwfEchoSpacing / MS_PER_S, p.mwfMethod, p.mwfModelPath,
+                             p.mwfMask, p.mwfVolume)
+
+    def importMwf(self, path: Path, referenceNode: Any, outputNode: Any = None, name: str = "MWF",
+                  method: str = "NNLS") -> Any:
+        """An MWF file -> a scalar volume node with the reference (echo 1) node's exact IJK-to-RAS."""
+        volume = read_volume(path, what="MWF map")
+        kji = np.ascontiguousarray(volume.data.transpose(2, 1, 0), dtype=np.float32)
+        if kji.shape != tuple(reversed(mrmlio.dimensions(referenceNode))) or \
+                not np.allclose(volume.affine, mrmlio.ijkToRas(referenceNode), atol=1e-3):
+            raise InputError(f"MWF map is not on the grid of {mrmlio.nodeName(referenceNode)}", path)
+        if outputNode is None:
+            outputNode = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", self.scene.GenerateUniqueName(name))
+            outputNode.CreateDefaultDisplayNodes()
+        mrmlio.setArrayKJI(outputNode, kji, like=referenceNode)
+        outputNode.SetAttribute(MAP_ATTRIBUTE, "mwf")
+        outputNode.SetAttribute(MWF_METHOD_ATTRIBUTE, method)
+        return outputNode
 
     # ------------------------------------------------------------------ import
     def importSegmentation(self, maskPath: Path, referenceNode: Any, segmentationNode: Any = None,

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import pathlib
 
-from QMRISynthLib.parameters import NodeSpec, ParameterSpec
+from QMRISynthLib.parameters import NodeSpec, ParameterSpec, echoSpacingSpec
 
 #: Modality tags of QMRISegment input volumes (what the image is; the model may use it).
 MODALITIES = ("FLAIR", "T1w", "T2w", "DWI", "MPRAGE", "other")
 DEVICES = ("auto", "cuda", "cpu")
+#: Methods of "Estimate MWF": ``qmricore mwf`` with its default NNLS fit, or ``--method cnn --model M``.
+MWF_METHODS = ("NNLS", "CNN")
 
 
 def segmentParameters() -> tuple[ParameterSpec, ...]:
@@ -27,6 +29,10 @@ def segmentParameters() -> tuple[ParameterSpec, ...]:
         ParameterSpec("modelPath", pathlib.Path, pathlib.Path(), label="Segmentation model (empty: the shipped one)"),
         ParameterSpec("estimatorModelPath", pathlib.Path, pathlib.Path(),
                       label="Estimation model (empty: the shipped one)"),
+        ParameterSpec("mwfMethod", str, MWF_METHODS[0], choices=MWF_METHODS, label="MWF method"),
+        echoSpacingSpec("mwfEchoSpacing"),
+        ParameterSpec("mwfModelPath", pathlib.Path, pathlib.Path(),
+                      label="MWF CNN model (empty: Resources/Models/mwf_cnn.pt)"),
     )
 
 
@@ -37,4 +43,8 @@ def segmentNodes() -> tuple[NodeSpec, ...]:
         NodeSpec("inputVolume3", "vtkMRMLScalarVolumeNode", "Input 3"),
         NodeSpec("outputSegmentation", "vtkMRMLSegmentationNode", "Lesion segmentation"),
         NodeSpec("outputTable", "vtkMRMLTableNode", "Lesion volume table"),
+        # a 4D NIfTI loads into Slicer 5 as a volume sequence (vtkMRMLSequenceNode of scalar volumes)
+        NodeSpec("multiEchoSequence", "vtkMRMLSequenceNode", "Multi-echo series"),
+        NodeSpec("mwfMask", "vtkMRMLLabelMapVolumeNode", "MWF mask"),
+        NodeSpec("mwfVolume", "vtkMRMLScalarVolumeNode", "MWF map"),
     )

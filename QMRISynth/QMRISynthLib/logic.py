@@ -5,6 +5,11 @@ output volume node with exactly the IJK-to-RAS geometry of the PD map.  For live
 simulate only the voxel planes shown in the slice views (:meth:`QMRISynthLogic.simulatePlanes`) and the
 full volume later (:meth:`QMRISynthLogic.simulateVolume`).
 
+The multi-echo spin echo (``"cpmg"``) makes an echo series and shows one echo of it: from the map set with
+:func:`qmricore.physics.cpmg` (T2 = 1/R2, T1 = 1/R1; an R2 map is required, R2* is not T2), or from the label map
+with SynthMap (:mod:`qmricore.generators.synthmap`: three water pools, B1 field, EPG, Rician noise).  The last
+series is kept, so moving the echo slider only copies one echo.
+
 Parameters are read by attribute name from any object that has them: the module's ``parameterNodeWrapper``
 instance in the app, :class:`~QMRISynthLib.parameters.ScriptedNodeParameters` headless, or a
 :class:`SimulationSettings` built directly.
@@ -12,6 +17,7 @@ instance in the app, :class:`~QMRISynthLib.parameters.ScriptedNodeParameters` he
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,7 +34,14 @@ from qmricore.errors import InputError, ParameterError
 from qmricore.io import load_map_set
 
 from . import mrmlio
-from .parameters import MAP_NODE_PARAMETERS, SEQUENCE_PARAMETERS, parametersOfSequence
+from .parameters import (
+    MAP_NODE_PARAMETERS,
+    MS_PER_S,
+    MULTI_ECHO,
+    MULTI_ECHO_SOURCES,
+    SEQUENCE_PARAMETERS,
+    parametersOfSequence,
+)
 
 #: Node attribute naming the qMRI quantity a volume node holds (``pd``, ``r1``...), set on loaded maps.
 MAP_ATTRIBUTE = "QMRI.Map"
@@ -40,13 +53,24 @@ MAP_TITLES = {"pd": "PD", "r1": "R1", "r2s": "R2s", "mt": "MT", "r2": "R2", "b1t
 NONNEGATIVE_MAPS = ("pd", "r1", "r2s", "r2", "mt")
 #: Number of points along the swept parameter in the signal plot.
 CURVE_POINTS = 64
+#: Maps the multi-echo spin echo needs from a map set (T2 = 1/R2 and T1 = 1/R1 of :func:`qmricore.physics.cpmg`).
+MULTI_ECHO_MAPS = ("pd", "r1", "r2")
+#: Node attribute holding the JSON record of the SynthMap draw behind a simulated echo (replayable).
+SYNTHMAP_ATTRIBUTE = "QMRI.SynthMapDraw"
+#: Node attribute: the echo (1-based) a multi-echo output shows.
+ECHO_ATTRIBUTE = "QMRI.Echo"
+#: Multi-echo widget parameter -> (key of ``SimulationSettings.params``, factor from the panel's unit).
+MULTI_ECHO_KEYS = {"echoSpacing": ("te", 1.0 / MS_PER_S), "echoCount": ("n_echoes", 1),
+                   "refocusAngle": ("refocus", 1.0)}
 
 
 @dataclass(frozen=True)
 class SimulationSettings:
     """What to simulate: sequence, its parameters (s, degrees), fields to use and noise.
 
-    ``params`` holds only the parameters the sequence takes.  ``snr=None`` means noise-free.
+    ``params`` holds only the parameters the sequence takes; for the multi-echo spin echo (``"cpmg"``) they are
+    :func:`qmricore.physics.cpmg`'s ``te`` (s), ``n_echoes`` and ``refocus`` (degrees), and ``echo`` (1-based) is
+    the echo shown.  ``snr=None`` means noise-free.
     """
 
     sequence: str
@@ -55,20 +79,58 @@ class SimulationSettings:
     useB1r: bool = True
     snr: float | None = None
     seed: int = 0
+    echo: int = 1
 
     @classmethod
     def fromParameters(cls, p: Any) -> SimulationSettings:
         """Read a parameter node (the wrapper or :class:`ScriptedNodeParameters`) by attribute name."""
         sequence = p.sequence
-        params = {name: (int(getattr(p, name)) if name == "n" else float(getattr(p, name)))
-                  for name in parametersOfSequence(sequence)}
+        if sequence == MULTI_ECHO:
+            params = {key: (int(getattr(p, name)) if key == "n_echoes" else float(getattr(p, name)) * factor)
+                      for name, (key, factor) in MULTI_ECHO_KEYS.items()}
+        else:
+            params = {name: (int(getattr(p, name)) if name == "n" else float(getattr(p, name)))
+                      for name in parametersOfSequence(sequence)}
         return cls(sequence, params, bool(p.useB1t), bool(p.useB1r), float(p.snr) if p.addNoise else None,
-                   int(p.noiseSeed))
+                   int(p.noiseSeed), int(p.displayedEcho))
+
+    def withValue(self, name: str, value: float) -> SimulationSettings | None:
+        """These settings with one panel parameter changed (a slider being dragged), or None if it is not used."""
+        if name == "snr":
+            return dataclasses.replace(self, snr=float(value) if self.snr is not None else None)
+        if self.sequence == MULTI_ECHO and name in MULTI_ECHO_KEYS:
+            key, factor = MULTI_ECHO_KEYS[name]
+            return dataclasses.replace(self, params={**self.params, key: float(value) * factor})
+        if name in self.params and self.sequence != MULTI_ECHO:
+            return dataclasses.replace(self, params={**self.params, name: float(value)})
+        return None
 
     def checked(self) -> SimulationSettings:
         """Raise :class:`~qmricore.errors.ParameterError` (one line) if the timings are infeasible."""
-        physics.check_parameters(self.sequence, dict(self.params))
+        if self.sequence != MULTI_ECHO:
+            physics.check_parameters(self.sequence, dict(self.params))
+            return self
+        from qmricore.generators.synthmap import SynthMapConfig
+
+        p = self.params
+        try:
+            SynthMapConfig(te=p["te"], n_echoes=p["n_echoes"], refocus=p["refocus"])  # the library's range checks
+        except ParameterError as error:
+            raise ParameterError(f"{MULTI_ECHO}: {str(error).removeprefix('synthmap: ')}") from None
+        if not 1 <= self.echo <= p["n_echoes"]:
+            raise ParameterError(f"{MULTI_ECHO}: the displayed echo {self.echo} is not one of the "
+                                 f"{p['n_echoes']} echoes")
         return self
+
+    @property
+    def seriesKey(self) -> tuple:
+        """Everything that shapes the echo series (all but the echo shown)."""
+        return (self.sequence, tuple(sorted(self.params.items())), self.useB1t, self.useB1r, self.snr, self.seed)
+
+
+def requiredMaps(sequence: str) -> tuple[str, ...]:
+    """The maps a sequence cannot do without."""
+    return MULTI_ECHO_MAPS if sequence == MULTI_ECHO else physics.REQUIRED_MAPS
 
 
 @dataclass
@@ -86,6 +148,8 @@ class QMRISynthLogic:
         self.scene = scene if scene is not None else slicer.mrmlScene
         self._cache = _MapCache()
         self._noise: tuple[tuple[int, ...], int, np.ndarray, np.ndarray] | None = None
+        #: The last echo series: ``(key, KJI x echoes float32 array, reference node, SynthMap record or None)``.
+        self._series: tuple[tuple, np.ndarray, Any, dict | None] | None = None
 
     # ------------------------------------------------------------------ map sets
     @staticmethod
@@ -94,11 +158,15 @@ class QMRISynthLogic:
         nodes = {key: getattr(p, name) for key, name in MAP_NODE_PARAMETERS.items()}
         return {k: v for k, v in nodes.items() if v is not None}
 
-    def mapArrays(self, mapNodes: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    def mapArrays(self, mapNodes: Mapping[str, Any], required: Sequence[str] = physics.REQUIRED_MAPS
+                  ) -> dict[str, np.ndarray]:
         """float32 KJI arrays of the maps, checked to share the PD node's grid (cached between calls)."""
-        missing = [k for k in physics.REQUIRED_MAPS if mapNodes.get(k) is None]
+        missing = [k for k in required if mapNodes.get(k) is None]
         if missing:
             names = ", ".join(MAP_TITLES[k] for k in missing)
+            if tuple(required) == MULTI_ECHO_MAPS:
+                raise InputError(f"select the {names} map(s): the multi-echo spin echo needs PD, R1 and R2 "
+                                 "(T2 = 1/R2; R2* is not T2), or take the echo series from the label map (SynthMap)")
             raise InputError(f"select the {names} map(s); PD, R1 and R2* are needed")
         reference = mapNodes["pd"]
         arrays = {}
@@ -129,6 +197,8 @@ class QMRISynthLogic:
             chosen.pop("b1t", None)
         if not settings.useB1r:
             chosen.pop("b1r", None)
+        if settings.sequence == MULTI_ECHO:
+            return {k: v for k, v in chosen.items() if k in (*MULTI_ECHO_MAPS, "b1t", "b1r")}
         spec = physics.SEQUENCES[settings.sequence]
         if "mt" not in spec.maps:
             chosen.pop("mt", None)
@@ -171,9 +241,97 @@ class QMRISynthLogic:
         return outputNode
 
     def simulateArray(self, arrays: Mapping[str, np.ndarray], settings: SimulationSettings) -> np.ndarray:
-        """:func:`qmricore.physics.simulate` on KJI arrays (the noise draw is that of ``simulate(seed=...)``)."""
+        """:func:`qmricore.physics.simulate` on KJI arrays (the noise draw is that of ``simulate(seed=...)``);
+        the multi-echo spin echo gives the displayed echo of :meth:`echoSeries`."""
+        if settings.sequence == MULTI_ECHO:
+            return self.echoSeries(arrays, settings)[..., settings.echo - 1]
         maps = self._selectMaps(arrays, settings)
         return physics.simulate(settings.sequence, maps, snr=settings.snr, seed=settings.seed, **settings.params)
+
+    def echoSeries(self, arrays: Mapping[str, np.ndarray], settings: SimulationSettings) -> np.ndarray:
+        """The CPMG echo series ``(..., n_echoes)`` float32 of a map set (KJI arrays of one shape).
+
+        Per voxel ``PD · cpmg(1/R2, 1/R1, te, n_echoes, refocus, b1t=B1t) · B1r``
+        (:func:`qmricore.physics.cpmg`, excitation ``90°·B1t``); voxels whose PD, R1 or R2 is 0 have no signal.
+        With an SNR, Rician noise of sigma = mean first echo of the voxels above 10 % of its maximum / SNR
+        (:func:`qmricore.physics.noise_sigma`), drawn with ``settings.seed``.
+        """
+        maps = self._selectMaps(arrays, settings)
+        p = settings.params
+        pd, r1, r2 = (np.asarray(maps[k], np.float32) for k in MULTI_ECHO_MAPS)
+        inside = (pd > 0) & (r1 > 0) & (r2 > 0)
+        b1t = maps.get("b1t")
+        trains = physics.cpmg(1.0 / r2[inside], 1.0 / r1[inside], te=p["te"], n_echoes=int(p["n_echoes"]),
+                              refocus=p["refocus"], b1t=None if b1t is None else np.asarray(b1t)[inside])
+        signal = pd[inside][:, None] * trains
+        if maps.get("b1r") is not None:
+            signal = signal * np.asarray(maps["b1r"])[inside][:, None]
+        series = np.zeros((*pd.shape, int(p["n_echoes"])), np.float32)
+        series[inside] = signal
+        if settings.snr is not None:
+            tensor = torch.from_numpy(series)
+            sigma = physics.noise_sigma(tensor[..., 0], settings.snr)
+            generator = torch.Generator(device="cpu")
+            generator.manual_seed(int(settings.seed))
+            series = physics.rician_noise(tensor, sigma, generator).numpy()
+        return series
+
+    def _showEcho(self, series: np.ndarray, reference: Any, settings: SimulationSettings, outputNode: Any,
+                  key: tuple, record: dict | None) -> Any:
+        self._series = (key, series, reference, record)
+        outputNode = self.outputNodeFor(reference, outputNode)
+        slicer.util.arrayFromVolume(outputNode)[...] = series[..., settings.echo - 1]
+        slicer.util.arrayFromVolumeModified(outputNode)
+        self._describe(outputNode, settings)
+        outputNode.SetAttribute(SYNTHMAP_ATTRIBUTE, json.dumps(record) if record is not None else "")
+        return outputNode
+
+    def _cachedSeries(self, key: tuple) -> np.ndarray | None:
+        return self._series[1] if self._series is not None and self._series[0] == key else None
+
+    def simulateSynthMap(self, labelNode: Any, settings: SimulationSettings, seed: int,
+                         outputNode: Any | None = None) -> Any:
+        """Multi-echo spin echo from a label map with SynthMap; shows ``settings.echo`` on the label map's grid.
+
+        The subject is ``draw_synthmap`` of a generator seeded with ``seed`` under SynthMap's defaults with this
+        echo spacing, echo count and refocusing angle; with an SNR the noise is Rician at exactly that SNR
+        (SynthMap's reference: mean first echo in white matter), without one the series is noise-free.  The
+        label map is used in IJK order, as ``qmricore synthmap`` reads the same map from NIfTI.  The draw's JSON
+        record (:func:`qmricore.generators.synthmap.sidecar`) is stored in :data:`SYNTHMAP_ATTRIBUTE`.
+        """
+        from qmricore.generators.synthmap import (
+            DEFAULT_CONFIG,
+            apply_synthmap,
+            draw_synthmap,
+            load_synthmap_priors,
+            sidecar,
+        )
+
+        settings.checked()
+        if labelNode is None:
+            raise InputError("select a label map: the multi-echo series comes from it (SynthMap)")
+        labels = mrmlio.arrayKJI(labelNode, "label map")
+        key = (settings.seriesKey, "labels", labelNode.GetID(), labelNode.GetImageData().GetMTime(), int(seed))
+        series = self._cachedSeries(key)
+        record = self._series[3] if series is not None else None
+        if series is None:
+            if not np.all(np.equal(np.mod(labels, 1), 0)):
+                raise InputError("label map holds non-integer values", mrmlio.nodeName(labelNode))
+            p = settings.params
+            config = dataclasses.replace(DEFAULT_CONFIG, te=p["te"], n_echoes=int(p["n_echoes"]), refocus=p["refocus"],
+                                         snr_range=DEFAULT_CONFIG.snr_range if settings.snr is None else
+                                         (settings.snr, settings.snr))
+            priors = load_synthmap_priors()
+            generator = torch.Generator().manual_seed(int(seed))
+            draw = draw_synthmap(priors, generator, config)
+            try:
+                sample = apply_synthmap(np.ascontiguousarray(labels.transpose(2, 1, 0)).astype(np.int64), draw,
+                                        priors, config, noise=settings.snr is not None)
+            except InputError as error:
+                raise InputError(str(error), mrmlio.nodeName(labelNode)) from None
+            series = np.ascontiguousarray(sample.echoes.transpose(2, 1, 0, 3))
+            record = sidecar(draw, config, seed=int(seed), noise_sigma=sample.sigma)
+        return self._showEcho(series, labelNode, settings, outputNode, key, record)
 
     def simulateVolume(self, mapNodes: Mapping[str, Any], settings: SimulationSettings,
                        outputNode: Any | None = None) -> Any:
@@ -185,7 +343,14 @@ class QMRISynthLogic:
             Missing maps, maps on different grids, infeasible timings (one line each).
         """
         settings.checked()
-        arrays = self.mapArrays(mapNodes)
+        arrays = self.mapArrays(mapNodes, requiredMaps(settings.sequence))
+        if settings.sequence == MULTI_ECHO:
+            stamps = tuple(sorted(self._cache.keys.items()))
+            key = (settings.seriesKey, "maps", stamps)
+            series = self._cachedSeries(key)
+            if series is None:
+                series = self.echoSeries(arrays, settings)
+            return self._showEcho(series, mapNodes["pd"], settings, outputNode, key, None)
         image = self.simulateArray(arrays, settings)
         outputNode = self.outputNodeFor(mapNodes["pd"], outputNode)
         slicer.util.arrayFromVolume(outputNode)[...] = image
@@ -193,10 +358,31 @@ class QMRISynthLogic:
         self._describe(outputNode, settings)
         return outputNode
 
+    @staticmethod
+    def fromLabels(p: Any) -> bool:
+        """Whether a parameter node asks for the multi-echo series from the label map (SynthMap)."""
+        return p.sequence == MULTI_ECHO and p.multiEchoSource == MULTI_ECHO_SOURCES[1]
+
+    def missingInputs(self, p: Any) -> str:
+        """What a parameter node still lacks before it can simulate ("" when nothing)."""
+        if self.fromLabels(p):
+            return "" if p.labelVolume is not None else "Select a label map (the echo series comes from SynthMap)"
+        nodes = self.mapNodesFromParameters(p)
+        missing = [MAP_TITLES[k] for k in requiredMaps(p.sequence) if k not in nodes]
+        if not missing:
+            return ""
+        if p.sequence == MULTI_ECHO:
+            return (f"Select the {', '.join(missing)} map(s): the multi-echo spin echo needs PD, R1 and R2 "
+                    "(R2* is not T2), or take the echo series from the label map")
+        return f"Select the {', '.join(missing)} map(s) first"
+
     def simulateFromParameters(self, p: Any) -> Any:
         """Full simulation from a parameter node; sets its output reference when it had none."""
-        output = self.simulateVolume(self.mapNodesFromParameters(p), SimulationSettings.fromParameters(p),
-                                     p.outputVolume)
+        settings = SimulationSettings.fromParameters(p)
+        if self.fromLabels(p):
+            output = self.simulateSynthMap(p.labelVolume, settings, p.qsynthSeed, p.outputVolume)
+        else:
+            output = self.simulateVolume(self.mapNodesFromParameters(p), settings, p.outputVolume)
         if p.outputVolume is None:
             p.outputVolume = output
         return output
@@ -206,6 +392,29 @@ class QMRISynthLogic:
         node.SetAttribute("QMRI.Sequence", settings.sequence)
         node.SetAttribute("QMRI.Parameters", json.dumps(dict(settings.params), sort_keys=True))
         node.SetAttribute("QMRI.SNR", "" if settings.snr is None else f"{settings.snr:g}")
+        node.SetAttribute(ECHO_ATTRIBUTE, str(settings.echo) if settings.sequence == MULTI_ECHO else "")
+
+    def echoSeriesSequence(self, sequenceNode: Any | None = None) -> Any:
+        """The last simulated echo series as a volume sequence node (one scalar volume per echo, on the output's
+        grid, index "echo time" in ms): what QMRISegment's *Estimate MWF* takes, like a loaded 4D NIfTI."""
+        if self._series is None:
+            raise InputError("simulate the multi-echo spin echo first: there is no echo series yet")
+        key, series, reference, _ = self._series
+        te = dict(key[0][1])["te"]
+        if sequenceNode is None:
+            sequenceNode = self.scene.AddNewNodeByClass("vtkMRMLSequenceNode",
+                                                        self.scene.GenerateUniqueName("Echo series"))
+        sequenceNode.RemoveAllDataNodes()
+        sequenceNode.SetIndexName("echo time")
+        sequenceNode.SetIndexUnit("ms")
+        sequenceNode.SetIndexType(sequenceNode.NumericIndex)
+        for k in range(series.shape[-1]):
+            echo = slicer.vtkMRMLScalarVolumeNode()
+            echo.SetName(f"echo {k + 1}")
+            echo.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(mrmlio.ijkToRas(reference)))
+            slicer.util.updateVolumeFromArray(echo, np.ascontiguousarray(series[..., k]))
+            sequenceNode.SetDataNodeAtValue(echo, f"{(k + 1) * te * MS_PER_S:g}")  # stores a copy
+        return sequenceNode
 
     # ------------------------------------------------------------------ slice-first live update
     @staticmethod
@@ -256,7 +465,7 @@ class QMRISynthLogic:
         arrays = self.mapArrays(mapNodes)
         outputNode = self.outputNodeFor(mapNodes["pd"], outputNode)
         out = slicer.util.arrayFromVolume(outputNode)
-        noiseFree = SimulationSettings(settings.sequence, settings.params, settings.useB1t, settings.useB1r)
+        noiseFree = dataclasses.replace(settings, snr=None)
         maps = self._selectMaps(arrays, settings)
         results = []
         for axis, index in planes:

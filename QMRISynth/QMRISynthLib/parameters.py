@@ -23,6 +23,8 @@ from functools import cache
 from typing import Any
 
 from qmricore import protocols
+from qmricore.generators.synthmap import DEFAULT_CONFIG as SYNTHMAP_DEFAULTS
+from qmricore.mwf.nnls import NNLSConfig
 from qmricore.physics import PARAMETER_BOUNDS, SEQUENCES
 
 #: Sequence parameters with a slider (int for the readout-pulse count ``n``), in panel order.
@@ -38,6 +40,14 @@ SLIDER_REACH: dict[str, tuple[float, float]] = {
     "tr": (0.005, 10.0), "te": (0.001, 0.3), "ti": (0.01, 4.0), "flip": (1.0, 90.0),
     "tx": (0.003, 0.02), "n": (1, 256), "ti2": (0.5, 6.0), "flip2": (1.0, 30.0),
 }
+#: The multi-echo spin echo (CPMG): an echo series (:func:`qmricore.physics.cpmg`, or SynthMap from a label map),
+#: offered next to :data:`qmricore.physics.SEQUENCES` (which simulate one image each).
+MULTI_ECHO = "cpmg"
+MULTI_ECHO_TITLE = "Multi-echo spin echo (CPMG)"
+#: Where the echo series comes from: the map set (PD, R1, R2; R2* is not T2) or the label map through SynthMap.
+MULTI_ECHO_SOURCES = ("maps", "label map")
+#: The multi-echo parameters with a widget, in panel order (spacing in ms, count, refocusing angle, shown echo).
+MULTI_ECHO_PARAMETERS = ("echoSpacing", "echoCount", "refocusAngle", "displayedEcho")
 #: The preset whose values are the defaults (then the first preset that has the parameter).
 DEFAULT_PRESET = "3T FLAIR"
 #: Simulation options that are not sequence parameters.
@@ -162,11 +172,14 @@ def presetNames() -> list[str]:
 
 
 def sequenceNames() -> tuple[str, ...]:
-    return tuple(SEQUENCES)
+    return (*SEQUENCES, MULTI_ECHO)
 
 
 def parametersOfSequence(sequence: str) -> tuple[str, ...]:
-    """The slider parameters a sequence uses (from :data:`qmricore.physics.SEQUENCES`)."""
+    """The :data:`SEQUENCE_PARAMETERS` a sequence uses (from :data:`qmricore.physics.SEQUENCES`; none for CPMG,
+    whose parameters are :data:`MULTI_ECHO_PARAMETERS`)."""
+    if sequence == MULTI_ECHO:
+        return ()
     return tuple(p for p in SEQUENCES[sequence].parameters if p in SEQUENCE_PARAMETERS)
 
 
@@ -180,12 +193,43 @@ def _sequenceSpec(name: str) -> ParameterSpec:
                          decimals=1 if degrees else 4, step=0.5 if degrees else 0.0005)
 
 
+#: Milliseconds per second: echo spacings are shown in ms in the panels and passed to qmricore in seconds.
+MS_PER_S = 1000.0
+
+
+def echoSpacingSpec(name: str, label: str = "Echo spacing TE") -> ParameterSpec:
+    """The echo spacing of a multi-echo spin echo, in ms: SynthMap's default and drawn range (its TE prior).
+
+    Shared by QMRISynth (simulation) and QMRISegment (MWF estimation), so both panels offer the range the
+    generator trains on; ``qmricore mwf`` itself takes any TE in (0, 1] s.
+    """
+    low, high = SYNTHMAP_DEFAULTS.te_range
+    return ParameterSpec(name, float, SYNTHMAP_DEFAULTS.te * MS_PER_S, low * MS_PER_S, high * MS_PER_S,
+                         label=label, unit="ms", decimals=2, step=0.1)
+
+
+def multiEchoParameters() -> tuple[ParameterSpec, ...]:
+    """The CPMG parameters: SynthMap's defaults and drawn ranges (echo spacing, echo count, nominal refocusing
+    angle); the refocusing angle spans the NNLS fit's range (``NNLSConfig.min_angle`` to the flip bound)."""
+    lowEchoes, highEchoes = SYNTHMAP_DEFAULTS.echoes_range
+    return (
+        ParameterSpec("multiEchoSource", str, MULTI_ECHO_SOURCES[0], choices=MULTI_ECHO_SOURCES,
+                      label="Echo series from"),
+        echoSpacingSpec("echoSpacing"),
+        ParameterSpec("echoCount", int, SYNTHMAP_DEFAULTS.n_echoes, lowEchoes, highEchoes, label="Echoes"),
+        ParameterSpec("refocusAngle", float, SYNTHMAP_DEFAULTS.refocus, NNLSConfig().min_angle,
+                      PARAMETER_BOUNDS["flip"][1], label="Refocusing angle", unit="deg", decimals=1, step=0.5),
+        ParameterSpec("displayedEcho", int, 1, 1, highEchoes, label="Displayed echo"),
+    )
+
+
 def synthParameters() -> tuple[ParameterSpec, ...]:
     """Scalar parameters of QMRISynth."""
     sequence, _ = protocols.preset(DEFAULT_PRESET)
     return (
         ParameterSpec("sequence", str, sequence, choices=sequenceNames(), label="Sequence"),
         *(_sequenceSpec(name) for name in SEQUENCE_PARAMETERS),
+        *multiEchoParameters(),
         ParameterSpec("useB1t", bool, True, label="Use B1 transmit map"),
         ParameterSpec("useB1r", bool, True, label="Use B1 receive map"),
         ParameterSpec("addNoise", bool, False, label="Add Rician noise"),

@@ -5,6 +5,10 @@ The bad-input rows of the command are in ``Testing/test_bad_inputs.py``.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -51,7 +55,8 @@ def test_mwf_writes_the_maps_on_the_input_grid(tmp_path: Path, capsys: pytest.Ca
     assert mwf[0, 0, 0] == 0.0 and flip[0, 0, 0] == 0.0
     np.testing.assert_allclose(mwf.reshape(-1)[1:], 0.2, atol=0.02)
     np.testing.assert_allclose(flip.reshape(-1)[1:], 170.0, atol=2.0)
-    assert "mwf:" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "mwf:" in printed and "PROGRESS" not in printed and "RESULT" not in printed  # lines only when asked
 
 
 def test_mask_limits_the_fit(tmp_path: Path) -> None:
@@ -65,3 +70,42 @@ def test_mask_limits_the_fit(tmp_path: Path) -> None:
     mwf = nib.load(str(out / "MWF.nii.gz")).get_fdata()
     assert np.count_nonzero(mwf) == 1 and mwf[1, 1, 1] > 0.1
     assert not (out / "T2SPECTRUM.nii.gz").exists()
+
+
+def _run_module(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m qmricore ...`` in a real subprocess (as QMRISegment's BackgroundRunner starts it)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                                      os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-m", "qmricore", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def test_progress_lines_and_result_in_a_subprocess(tmp_path: Path) -> None:
+    _series(tmp_path / "me.nii.gz")
+    out = tmp_path / "out"
+    done = _run_module("mwf", "--input", str(tmp_path / "me.nii.gz"), "--te", str(TE), "--out", str(out),
+                       "--progress-lines")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    progress = [line.split(maxsplit=2) for line in lines if line.startswith("PROGRESS ")]
+    fractions = [float(p[1]) for p in progress]
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions)
+    assert progress[0][2] == "fitting 23 voxel(s)"  # 24 voxels, one empty
+    assert "23 of 23 voxel(s) done" in [p[2] for p in progress]
+    results = [line for line in lines if line.startswith("RESULT ")]
+    assert len(results) == 1 and lines[-1] == results[0]  # the last line
+    result = json.loads(results[0][len("RESULT "):])
+    assert result == {"mwf": str(out / "MWF.nii.gz"), "t2gm": str(out / "T2GM.nii.gz"),
+                      "flip": str(out / "FLIP.nii.gz"), "voxels": 23}
+    np.testing.assert_allclose(nib.load(result["mwf"]).get_fdata().reshape(-1)[1:], 0.2, atol=0.02)
+
+
+def test_progress_lines_on_bad_input_give_one_error_line_and_no_result(tmp_path: Path) -> None:
+    _series(tmp_path / "me.nii.gz")
+    done = _run_module("mwf", "--input", str(tmp_path / "me.nii.gz"), "--te", "10", "--out", str(tmp_path / "o"),
+                       "--progress-lines")
+    assert done.returncode == 2
+    assert "RESULT" not in done.stdout and "PROGRESS" not in done.stdout
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert done.stderr.startswith("qmricore mwf: error:") and "times are in seconds" in done.stderr
+    assert not (tmp_path / "o").exists()

@@ -143,9 +143,11 @@ def test_cli_cnn_writes_mwf_on_the_input_grid(tmp_path: Path, capsys: pytest.Cap
     nib.save(nib.Nifti1Image(data, affine), str(tmp_path / "me.nii.gz"))
     out = tmp_path / "out"
     assert main(["mwf", "--input", str(tmp_path / "me.nii.gz"), "--te", "0.01", "--method", "cnn",
-                 "--model", str(model), "--out", str(out), "--device", "cpu"]) == 0
+                 "--model", str(model), "--out", str(out), "--device", "cpu", "--progress-lines"]) == 0
     assert [p.name for p in out.iterdir()] == ["MWF.nii.gz"]
     image = nib.load(str(out / "MWF.nii.gz"))
     np.testing.assert_allclose(image.affine, affine, atol=1e-6)
     np.testing.assert_allclose(image.get_fdata(), cnn.estimate_mwf(data, 0.01, load_model(model)), atol=1e-6)
-    assert "mwf:" in capsys.readouterr().out
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "PROGRESS 0.0000 fitting 3 slice(s)" and "PROGRESS 1.0000 done" in lines
+    assert json.loads(lines[-1].removeprefix("RESULT ")) == {"mwf": str(out / "MWF.nii.gz"), "voxels": 60}

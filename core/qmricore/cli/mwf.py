@@ -7,12 +7,17 @@ all are computed.  The method and its defaults are :mod:`qmricore.mwf.nnls` (doc
 
 ``--method cnn --model M.pt`` runs a trained CNN estimator (:mod:`qmricore.mwf.cnn`) instead and writes
 ``MWF.nii.gz`` only; the series must have the model's echo count and spacing.
+
+With ``--progress-lines`` it also prints ``PROGRESS <fraction> <message>`` lines and a last ``RESULT <json>`` line
+(the written paths by key, and the voxel count) on stdout, the protocol QMRISegment's background runner reads.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 METHODS = ("nnls", "cnn")
@@ -40,6 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--echoes", type=int, metavar="N", help="expected number of echoes (checked against the "
                                                                   "input's 4th dimension)")
     parser.add_argument("--spectrum", action="store_true", help="also write the 4D T2 spectrum")
+    parser.add_argument("--progress-lines", action="store_true",
+                        help="print 'PROGRESS <fraction> <message>' lines and a last 'RESULT <json>' line on stdout "
+                             "(for a program that follows the run, such as QMRISegment)")
     parser.set_defaults(run=run)
 
 
@@ -82,18 +90,51 @@ def run(args: argparse.Namespace) -> int:
         return run_cnn(args, series, grid, mask, out)
     config = NNLSConfig()
     voxels = int(np.count_nonzero(series.data[..., 0] > 0 if mask is None else mask & (series.data[..., 0] > 0)))
+    lines = ProgressLines(args.progress_lines, voxels)
     with tqdm(total=voxels, unit="voxel", disable=not sys.stderr.isatty(), file=sys.stderr) as bar:
-        result = fit_nnls(series.data, args.te, mask=mask, config=config, progress=bar.update)
+        result = fit_nnls(series.data, args.te, mask=mask, config=config, progress=lines.counting(bar.update))
 
     outputs = {"mwf": result.mwf, "t2gm": result.t2gm, "flip": result.flip}
+    written = {}
     for key, data in outputs.items():
-        print(f"{key}: {write_nifti(out / FILE_NAMES[key], data.astype(np.float32), like=grid)}")
+        written[key] = write_nifti(out / FILE_NAMES[key], data.astype(np.float32), like=grid)
+        print(f"{key}: {written[key]}")
     if args.spectrum:
         spectrum_grid = Volume(data=np.broadcast_to(np.float32(0), (*series.shape[:3], config.n_bins)),
                                affine=series.affine, header=series.header, path=series.path)
         path = write_nifti(out / FILE_NAMES["spectrum"], result.spectrum.astype(np.float32), like=spectrum_grid)
+        written["spectrum"] = path
         print(f"spectrum: {path}")
+    lines.result(written, voxels=voxels)
     return 0
+
+
+# --progress-lines: the line protocol of QMRISegment's BackgroundRunner (QMRISegment/QMRISegmentLib/runner.py)
+class ProgressLines:
+    """``PROGRESS <fraction> <message>`` lines while voxels (NNLS) or slices (CNN) are done and one ``RESULT <json>``
+    line at the end, on stdout and flushed at once; does nothing unless ``enabled``.  The fraction is units done /
+    ``total``."""
+
+    def __init__(self, enabled: bool, total: int, unit: str = "voxel") -> None:
+        self.enabled, self.total, self.done, self.unit = enabled, total, 0, unit
+        self.line(0.0, f"fitting {total} {unit}(s)")
+
+    def line(self, fraction: float, message: str) -> None:
+        if self.enabled:
+            print(f"PROGRESS {fraction:.4f} {message}", flush=True)
+
+    def counting(self, update: Callable[[int], object]) -> Callable[[int], None]:
+        """``update`` (the progress bar's), followed by a PROGRESS line per batch of voxels."""
+        def step(count: int) -> None:
+            update(count)
+            self.done += count
+            self.line(self.done / self.total if self.total else 1.0, f"{self.done} of {self.total} {self.unit}(s) done")
+        return step
+
+    def result(self, written: dict[str, Path], **extra: object) -> None:
+        if self.enabled:
+            self.line(1.0, "done")
+            print("RESULT " + json.dumps({**{k: str(v) for k, v in written.items()}, **extra}), flush=True)
 
 
 def run_cnn(args: argparse.Namespace, series: object, grid: object, mask: object, out: Path) -> int:
@@ -108,7 +149,11 @@ def run_cnn(args: argparse.Namespace, series: object, grid: object, mask: object
 
     device = resolve_device(args.device)
     model = load_model(args.model, device=device)
+    voxels = int(np.count_nonzero(series.data[..., 0] > 0 if mask is None else mask & (series.data[..., 0] > 0)))
+    lines = ProgressLines(args.progress_lines, series.shape[2], unit="slice")
     with tqdm(total=series.shape[2], unit="slice", disable=not sys.stderr.isatty(), file=sys.stderr) as bar:
-        mwf = estimate_mwf(series.data, args.te, model, mask=mask, device=device, progress=bar.update)
-    print(f"mwf: {write_nifti(out / FILE_NAMES['mwf'], mwf.astype(np.float32), like=grid)}")
+        mwf = estimate_mwf(series.data, args.te, model, mask=mask, device=device, progress=lines.counting(bar.update))
+    path = write_nifti(out / FILE_NAMES["mwf"], mwf.astype(np.float32), like=grid)
+    print(f"mwf: {path}")
+    lines.result({"mwf": path}, voxels=voxels)
     return 0
