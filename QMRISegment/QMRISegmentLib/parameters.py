@@ -10,9 +10,11 @@ import pathlib
 
 from QMRISynthLib.parameters import NodeSpec, ParameterSpec, echoSpacingSpec
 
+from qmricore.devices import DEVICE_CHOICES
+
 #: Modality tags of QMRISegment input volumes (what the image is; the model may use it).
 MODALITIES = ("FLAIR", "T1w", "T2w", "DWI", "MPRAGE", "other")
-DEVICES = ("auto", "cuda", "cpu")
+DEVICES = DEVICE_CHOICES
 #: Methods of "Estimate MWF": ``qmricore mwf`` with its default NNLS fit, or ``--method cnn --model M``.
 MWF_METHODS = ("NNLS", "CNN")
 

@@ -16,9 +16,12 @@ import json
 import sys
 from pathlib import Path
 
+from qmricore.devices import DEVICE_CHOICES
+
 #: File names of estimated maps (hMRI-style, so :func:`qmricore.io.load_map_set` finds them).
 ESTIMATE_FILES = {"pd": "estimated_PD.nii.gz", "r1": "estimated_R1.nii.gz", "r2s": "estimated_R2s.nii.gz",
                   "mt": "estimated_MT.nii.gz"}
+
 
 
 def progress(fraction: float, message: str) -> None:
@@ -75,7 +78,7 @@ def buildParser() -> argparse.ArgumentParser:
         p = sub.add_parser(name)
         p.add_argument("--model", required=True, help="qmricore model file (.pt)")
         p.add_argument("--input", required=True, action="append", help="input NIfTI (repeat for an ensemble)")
-        p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+        p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
         p.add_argument("--no-tta", dest="tta", action="store_false", help="no test-time augmentation")
         if name == "segment":
             p.add_argument("--out", required=True, help="output lesion mask (.nii.gz)")

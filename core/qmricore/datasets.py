@@ -33,9 +33,15 @@ __all__ = ["SyntheticDataset", "LabelMap", "sample_seed", "label_files", "read_l
 
 
 def sample_seed(base_seed: int, index: int, epoch: int = 0) -> int:
-    """Seed of sample ``index`` in ``epoch``: a hash of ``(base_seed, epoch, index)`` (63-bit, never the worker id)."""
-    words = np.random.SeedSequence([int(base_seed), int(epoch), int(index)]).generate_state(2, dtype=np.uint32)
-    return int((int(words[0]) << 31) ^ int(words[1]))
+    """Seed of sample ``index`` in ``epoch``: a 63-bit hash of ``(base_seed, index)``, and of ``epoch`` too when it
+    is not 0 (independent streams per index; never the worker id).
+
+    The one sample-seed function of the package: ``qmricore synth``/``synthmap`` sample ``i`` and training sample
+    ``k`` of every trainer (:mod:`qmricore.training.loop`) are seeded with it.
+    """
+    words = [int(base_seed) % 2**63, int(index)] + ([int(epoch)] if epoch else [])
+    state = np.random.SeedSequence(words).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
 
 
 def label_files(path: str | os.PathLike[str]) -> list[Path]:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import ParameterError
 
-__all__ = ["resolve_device"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["DEVICE_CHOICES", "resolve_device"]
+
+#: What a user picks from (command-line ``--device`` choices, the QMRISegment panel); ``cuda:N`` is accepted too
+#: where a command takes free text.  Importing this module stays light (torch loads in :func:`resolve_device`).
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -14,6 +21,8 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 
     Raises :class:`~qmricore.errors.ParameterError` for CUDA without a CUDA device and for unknown names.
     """
+    import torch
+
     name = "auto" if device is None else str(device)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

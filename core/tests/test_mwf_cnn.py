@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from qmricore.cli import main
+from qmricore.datasets import sample_seed
 from qmricore.generators.synthmap import apply_synthmap, draw_synthmap
 from qmricore.models.model_file import load_model, read_meta, save_model
 from qmricore.models.networks import MWFNetConfig, build_mwf_net
@@ -113,7 +114,7 @@ def test_a_training_sample_is_the_synthmap_truth_of_a_brain_block(tmp_path: Path
     torch.testing.assert_close(inputs.mean(0)[brain], torch.ones(int(brain.sum())))
     assert 0.0 <= float(targets[0].min()) and float(targets[0][brain].max()) > 0.02  # some myelin in the block
     # the same labels and draw through SynthMap give the same truth
-    rng = np.random.default_rng(__import__("qmricore.training.loop", fromlist=["sample_seed"]).sample_seed(0, 3))
+    rng = np.random.default_rng(sample_seed(0, 3))
     block = sampler._block(rng)
     draw = draw_synthmap(sampler.priors, torch.Generator().manual_seed(int(rng.integers(0, 2**62))), sampler.synthmap)
     truth = apply_synthmap(block, draw, sampler.priors, sampler.synthmap, noise=False).mwf

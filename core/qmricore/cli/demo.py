@@ -19,12 +19,15 @@ from typing import Any
 
 import numpy as np
 
+from ..devices import DEVICE_CHOICES
+
 DEFAULT_SNR = 30.0
 DEFAULT_SEED = 0
 MONTAGE = "montage.png"
 MANIFEST = "demo.json"
 PERCENTILES = (1.0, 99.5)  # display window of each montage panel
 MAP_PANELS = (("pd", "PD (percent water)"), ("r1", "R1 (1/s)"), ("r2s", "R2* (1/s)"), ("mt", "MT (p.u.)"))
+
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="SNR of the noisy images, relative to the mean white-matter signal (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
                         help="noise seed of the first preset; preset i uses seed + i (default: %(default)s)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
                         help="where to compute; auto = cuda when available (default: %(default)s)")
     parser.set_defaults(run=run)
 

@@ -10,8 +10,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..devices import DEVICE_CHOICES
+
 #: Output file name per map key (hMRI-toolbox style, readable by ``qmricore simulate --hmri-folder``).
 FILE_NAMES = {"pd": "PD", "r1": "R1", "r2s": "R2s", "mt": "MT"}
+
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     parser.add_argument("--prefix", default="", help="file-name prefix, e.g. 'sub01_' (default none)")
     parser.add_argument("--no-tta", action="store_true", help="skip the 8-flip test-time augmentation")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
                         help="compute device (default auto: CUDA when available)")
     parser.set_defaults(run=run)
 

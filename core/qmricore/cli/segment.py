@@ -13,6 +13,8 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..devices import DEVICE_CHOICES
+
 
 @contextlib.contextmanager
 def warnings_to_stderr(command: str) -> Iterator[None]:
@@ -50,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--probabilities", metavar="FILE", help="also write the lesion probability (float32)")
     parser.add_argument("--labels", metavar="FILE", help="also write the argmax label map (tissue models)")
     parser.add_argument("--no-tta", action="store_true", help="skip the 8-flip test-time augmentation (8x faster)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
                         help="compute device (default auto: CUDA when available)")
     parser.set_defaults(run=run)
 

@@ -426,8 +426,11 @@ def _draw_feasible(name: str, sequence: str, generator: torch.Generator) -> dict
     raise ParameterError(f"{name}: no feasible parameters in {_MAX_TRIES} draws; check the sampling ranges")
 
 
-def draw_sequence(generator: torch.Generator, sequences: Sequence[str] = ("gre", "fse", "flair", "mprage")
-                  ) -> SequenceDraw:
+#: Sequences drawn for training images by default (SPEC §5); MP2RAGE is kept unseen for held-out tests.
+TRAINING_SEQUENCES: tuple[str, ...] = ("gre", "fse", "flair", "mprage")
+
+
+def draw_sequence(generator: torch.Generator, sequences: Sequence[str] = TRAINING_SEQUENCES) -> SequenceDraw:
     """Draw a sequence uniformly from ``sequences`` and its parameters from the SPEC §5 ranges.
 
     Draws are redrawn (all parameters together) until :func:`qmricore.physics.check_parameters` accepts

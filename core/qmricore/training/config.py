@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, ParameterError
+from ..generators.qsynth import TRAINING_SEQUENCES
 from ..models.networks import EstimatorConfig, MWFNetConfig, SegmenterConfig
 
 TASKS = ("seg", "estimator", "mwf")
@@ -201,7 +202,7 @@ class SegDataConfig:
     map_sets: str | None = None
     estimator: str | None = None
     mprage: str | None = None
-    sequences: tuple[str, ...] = ("gre", "fse", "flair", "mprage")
+    sequences: tuple[str, ...] = TRAINING_SEQUENCES
     generator: dict[str, Any] = field(default_factory=dict)
     min_lesion_contrast: float = 0.0
     patch_size: tuple[int, int, int] | None = None

@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..datasets import sample_seed
 from ..errors import InputError
 from ..io import map_set_folders
 from ..models.networks import ESTIMATOR_MAPS, build_estimator
 from .config import EstimatorLossConfig, EstimatorTrainConfig, config_to_dict
-from .loop import sample_seed
 from .seg import fit_shape, normalise, padded_shape
 
 #: Classes whose bounding box holds the crop centres of label-map training.

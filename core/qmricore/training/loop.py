@@ -150,12 +150,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def sample_seed(seed: int, index: int) -> int:
-    """A 63-bit seed for sample ``index`` of a run seeded with ``seed`` (independent streams per index)."""
-    state = np.random.SeedSequence([int(seed) % 2**63, int(index)]).generate_state(2, dtype=np.uint32)
-    return (int(state[0]) << 31) ^ int(state[1])
-
-
 def _trim_log(path: Path, iteration: int) -> None:
     """Keep the log lines of steps ≤ ``iteration`` (drops what a killed run wrote after its checkpoint)."""
     if not path.exists():

@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..datasets import sample_seed
 from ..models.networks import build_mwf_net
 from .config import MWFTrainConfig, config_to_dict
 from .estimator import BRAIN
-from .loop import sample_seed
 
 
 def mwf_loss(outputs: torch.Tensor, targets: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, float]]:

@@ -35,12 +35,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..datasets import sample_seed
 from ..errors import InputError, ParameterError
 from ..generators.priors import load_priors
 from ..io import label_file, map_set_folders, nifti_files, paired_files
 from ..models.networks import CLASS_SETS, build_segmenter
 from .config import SegTrainConfig, config_to_dict
-from .loop import sample_seed
 
 RETRIES = 5  # synthetic draws tried per sample before giving up
 
