@@ -27,15 +27,14 @@ Tissue values for the new classes are in the shipped priors (``qmricore/data/pri
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
 from ..errors import InputError, ParameterError
+from ..serialise import JSONDataclass, JSONDraw
 from .priors import TissuePriors, load_priors
 
 __all__ = ["HEAD_CLASSES", "HeadConfig", "HeadDraw", "draw_head", "apply_head", "build_head", "ventricle_mask"]
@@ -47,7 +46,7 @@ BRAIN_CLASSES = ("gm", "wm", "gm_wm_pv", "csf")
 
 
 @dataclass(frozen=True)
-class HeadConfig:
+class HeadConfig(JSONDataclass):
     """Ranges of the head draw (the one place their defaults live).  Lengths in mm, angles in degrees.
 
     Attributes
@@ -109,8 +108,8 @@ class HeadConfig:
 
 
 @dataclass(frozen=True)
-class HeadDraw:
-    """Every random number of one head (JSON-safe through :func:`dataclasses.asdict`)."""
+class HeadDraw(JSONDraw):
+    """Every random number of one head (JSON-safe through ``to_dict``/``from_dict``)."""
 
     scale: tuple[float, float, float]
     rotation_deg: tuple[float, float, float]
@@ -126,9 +125,6 @@ class HeadDraw:
     eye_radius_mm: float
     eye_offset_mm: tuple[float, float, float]
     field_seed: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def _pair(rng: np.random.Generator, bounds: tuple[float, float]) -> tuple[float, float]:

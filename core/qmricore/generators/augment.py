@@ -20,7 +20,7 @@ All defaults live in :class:`AugmentConfig`.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ParameterError
+from ..serialise import JSONDataclass, JSONDraw
 
 __all__ = [
     "AugmentConfig", "SpatialDraw", "IntensityDraw", "AugmentDraw",
@@ -41,7 +42,7 @@ Shape3 = tuple[int, int, int]
 
 
 @dataclass(frozen=True)
-class AugmentConfig:
+class AugmentConfig(JSONDataclass):
     """Distributions of the augmentation parameters (the one place their defaults live).
 
     Attributes
@@ -124,32 +125,6 @@ class AugmentConfig:
         if self.crop is not None:
             crop_shape((1, 1, 1), self.crop)  # validates
 
-    def to_dict(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> AugmentConfig:
-        d = dict(d)
-        for key in ("flip_axes", "snr_range", "gibbs_alpha"):
-            if key in d:
-                d[key] = tuple(d[key])
-        if isinstance(d.get("crop"), list):
-            d["crop"] = tuple(d["crop"])
-        return cls(**d)
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.floating,)):
-        return float(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
 
 
 #: Largest crop side in voxels (512³ float32 is 0.5 GB per channel; beyond that is a typo, not a brain).
@@ -178,7 +153,7 @@ def _seed(rng: np.random.Generator) -> int:
 
 
 @dataclass(frozen=True)
-class SpatialDraw:
+class SpatialDraw(JSONDraw):
     """One spatial augmentation: output voxel ``v`` samples the input at ``p(v)`` (see :func:`spatial_matrix`).
 
     ``offset`` is the crop origin in input voxels (negative where the output is padded); angles in
@@ -197,14 +172,6 @@ class SpatialDraw:
     elastic_nodes: int = 8
     elastic_seed: int = 0
 
-    def to_dict(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> SpatialDraw:
-        tuples = ("in_shape", "out_shape", "offset", "flips", "rotation_deg", "scale", "shear")
-        return cls(**{k: (tuple(v) if k in tuples else v) for k, v in d.items()})
-
     @property
     def is_identity(self) -> bool:
         """True when the draw only crops/pads (no flip, rotation, zoom, shear or elastic displacement)."""
@@ -213,7 +180,7 @@ class SpatialDraw:
 
 
 @dataclass(frozen=True)
-class IntensityDraw:
+class IntensityDraw(JSONDraw):
     """One intensity augmentation; ``None`` fields are skipped.
 
     bias_coeffs: Legendre coefficients of the log bias field (degree ``bias_degree``);
@@ -231,31 +198,13 @@ class IntensityDraw:
     gibbs_alpha: float | None = None
     gamma: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> IntensityDraw:
-        d = dict(d)
-        for key in ("bias_coeffs", "lowres_factors"):
-            if d.get(key) is not None:
-                d[key] = tuple(d[key])
-        return cls(**d)
-
 
 @dataclass(frozen=True)
-class AugmentDraw:
+class AugmentDraw(JSONDraw):
     """A spatial and an intensity draw, saved together in a sample's sidecar."""
 
     spatial: SpatialDraw
     intensity: IntensityDraw = field(default_factory=IntensityDraw)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"spatial": self.spatial.to_dict(), "intensity": self.intensity.to_dict()}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> AugmentDraw:
-        return cls(SpatialDraw.from_dict(d["spatial"]), IntensityDraw.from_dict(d["intensity"]))
 
 
 def _n_legendre(degree: int) -> int:

@@ -28,6 +28,7 @@ import torch
 from .. import protocols
 from ..errors import InputError, ParameterError
 from ..physics import PARAMETER_BOUNDS, check_parameters
+from ..serialise import JSONDataclass, JSONDraw, from_plain
 from ._texture import smooth_noise
 from .priors import PARAMETERS, TissuePriors
 
@@ -40,7 +41,7 @@ CPU_CHUNK_VOXELS = 1 << 14
 
 
 @dataclass(frozen=True)
-class QSynthConfig:
+class QSynthConfig(JSONDataclass):
     """Options of qSynth map generation (the one place their defaults live).
 
     Attributes
@@ -80,8 +81,12 @@ DEFAULT_CONFIG = QSynthConfig()
 
 
 @dataclass(frozen=True)
-class MapDraw:
+class MapDraw(JSONDraw):
     """The random numbers of one qSynth subject (replayable with :func:`apply_maps`).
+
+    ``to_dict``/``from_dict`` are its own, not :mod:`qmricore.serialise`'s: the sidecar form is keyed by class
+    and map name (``mu["wm"]["r1"]``), readable and robust to a reordered class table, and every sidecar
+    written so far has it; ``from_dict`` also checks finiteness, signs and the parameter order.
 
     Attributes
     ----------
@@ -322,24 +327,19 @@ _MAX_TRIES = 10_000
 
 
 @dataclass(frozen=True)
-class SequenceDraw:
+class SequenceDraw(JSONDraw):
     """One training acquisition: sequence name and parameters (seconds, degrees; ``n`` an integer)."""
 
     sequence: str
-    params: Mapping[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"sequence": self.sequence, "params": dict(self.params)}
+    params: Mapping[str, int | float] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SequenceDraw:
-        """Rebuild and validate (with :func:`qmricore.physics.check_parameters`)."""
-        try:
-            sequence, params = str(data["sequence"]), dict(data["params"])
-        except (KeyError, TypeError, ValueError) as error:
-            raise InputError(f"not a sequence draw (missing or bad entry {error})") from None
-        check_parameters(sequence, params)
-        return cls(sequence, params)
+        """:func:`~qmricore.serialise.from_plain`, then :func:`qmricore.physics.check_parameters`: a hand-edited
+        sidecar with infeasible timings fails here, not inside the simulator."""
+        draw = from_plain(cls, data, error=lambda problem: InputError(f"not a sequence draw ({problem})"))
+        check_parameters(draw.sequence, dict(draw.params))
+        return draw
 
 
 @cache
