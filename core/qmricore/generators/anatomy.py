@@ -35,6 +35,7 @@ from scipy import ndimage
 
 from ..errors import InputError, ParameterError
 from ..serialise import JSONDataclass, JSONDraw
+from ._random import numpy_rng
 from .priors import TissuePriors, load_priors
 
 __all__ = ["HEAD_CLASSES", "HeadConfig", "HeadDraw", "draw_head", "apply_head", "build_head", "ventricle_mask"]
@@ -133,9 +134,11 @@ def _pair(rng: np.random.Generator, bounds: tuple[float, float]) -> tuple[float,
     return a, b
 
 
-def draw_head(rng: np.random.Generator, config: HeadConfig | None = None) -> HeadDraw:
-    """Draw one head's deformation, atrophy, ventricle change, layer thickness ranges and eyes."""
+def draw_head(generator: np.random.Generator | int, config: HeadConfig | None = None) -> HeadDraw:
+    """Draw one head's deformation, atrophy, ventricle change, layer thickness ranges and eyes (``generator``: a
+    numpy generator or an int seed)."""
     c = config or HeadConfig()
+    rng = numpy_rng(generator, "draw_head")
     atrophy = float(rng.uniform(*c.atrophy_mm)) if rng.random() < c.atrophy_prob else 0.0
     return HeadDraw(
         scale=tuple(float(v) for v in rng.uniform(*c.scale, size=3)),

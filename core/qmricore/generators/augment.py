@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from ..errors import ParameterError
 from ..serialise import JSONDataclass, JSONDraw
+from ._random import numpy_rng
 
 __all__ = [
     "AugmentConfig", "SpatialDraw", "IntensityDraw", "AugmentDraw",
@@ -225,13 +226,15 @@ def _crop_offset(n: int, c: int, focus: tuple[int, int] | None, rng: np.random.G
     return int(rng.integers(lo, hi + 1))
 
 
-def draw_spatial(in_shape: Sequence[int], config: AugmentConfig, rng: np.random.Generator,
+def draw_spatial(in_shape: Sequence[int], config: AugmentConfig, generator: np.random.Generator | int,
                  focus: Sequence[Sequence[int]] | None = None) -> SpatialDraw:
     """Draw flips, affine, elastic strength and crop offset for an input of ``in_shape`` voxels.
 
-    ``focus`` (optional ``(lower corner, upper corner)``, inclusive voxel indices, e.g. the bounding box
-    of the foreground) keeps the crop centre inside that box where the crop size allows.
+    ``generator`` is a numpy generator or an int seed.  ``focus`` (optional ``(lower corner, upper corner)``,
+    inclusive voxel indices, e.g. the bounding box of the foreground) keeps the crop centre inside that box
+    where the crop size allows.
     """
+    rng = numpy_rng(generator, "draw_spatial")
     in_shape = tuple(int(s) for s in in_shape)
     out_shape = crop_shape(in_shape, config.crop)
     offset = tuple(
@@ -248,8 +251,10 @@ def draw_spatial(in_shape: Sequence[int], config: AugmentConfig, rng: np.random.
                        elastic_std, config.elastic_nodes, _seed(rng))
 
 
-def draw_intensity(config: AugmentConfig, rng: np.random.Generator) -> IntensityDraw:
-    """Draw which intensity augmentations apply and their parameters (fixed number of draws per call)."""
+def draw_intensity(config: AugmentConfig, generator: np.random.Generator | int) -> IntensityDraw:
+    """Draw which intensity augmentations apply and their parameters (fixed number of draws per call) from
+    ``generator`` (a numpy generator or an int seed)."""
+    rng = numpy_rng(generator, "draw_intensity")
     n_coeff = _n_legendre(config.bias_degree)
     use = rng.random(5) < np.array([config.bias_prob, config.noise_prob, config.lowres_prob,
                                     config.gibbs_prob, config.gamma_prob])
@@ -270,12 +275,11 @@ def draw_intensity(config: AugmentConfig, rng: np.random.Generator) -> Intensity
     )
 
 
-def draw_augment(in_shape: Sequence[int], config: AugmentConfig, rng: np.random.Generator | int,
+def draw_augment(in_shape: Sequence[int], config: AugmentConfig, generator: np.random.Generator | int,
                  focus: Sequence[Sequence[int]] | None = None) -> AugmentDraw:
-    """Draw a full augmentation (spatial then intensity) from ``rng`` (a numpy Generator or a seed);
+    """Draw a full augmentation (spatial then intensity) from ``generator`` (a numpy generator or an int seed);
     ``focus`` as in :func:`draw_spatial`."""
-    if not isinstance(rng, np.random.Generator):
-        rng = np.random.default_rng(int(rng))
+    rng = numpy_rng(generator, "draw_augment")
     return AugmentDraw(draw_spatial(in_shape, config, rng, focus), draw_intensity(config, rng))
 
 

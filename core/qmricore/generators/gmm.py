@@ -19,6 +19,7 @@ import torch
 
 from ..errors import ParameterError
 from ..serialise import JSONDataclass, JSONDraw
+from ._random import numpy_rng
 
 __all__ = ["GMMConfig", "GMMDraw", "draw_gmm", "apply_gmm", "gaussian_blur"]
 
@@ -62,13 +63,13 @@ class GMMDraw(JSONDraw):
     seed: int
 
 
-def draw_gmm(n_classes: int, rng: np.random.Generator | int, config: GMMConfig | None = None) -> GMMDraw:
-    """Draw means, standard deviations and blur for ``n_classes`` labels (0 .. n_classes - 1)."""
+def draw_gmm(n_classes: int, generator: np.random.Generator | int, config: GMMConfig | None = None) -> GMMDraw:
+    """Draw means, standard deviations and blur for ``n_classes`` labels (0 .. n_classes - 1) from ``generator``
+    (a numpy generator or an int seed)."""
     config = config or GMMConfig()
     if n_classes < 1:
         raise ParameterError(f"gmm: n_classes must be >= 1, got {n_classes}")
-    if not isinstance(rng, np.random.Generator):
-        rng = np.random.default_rng(int(rng))
+    rng = numpy_rng(generator, "draw_gmm")
     means = rng.uniform(*config.mean_range, n_classes)
     stds = rng.uniform(*config.std_range, n_classes)
     blur = float(rng.uniform(*config.blur_sigma_range))

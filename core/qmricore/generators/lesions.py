@@ -22,6 +22,7 @@ import torch
 
 from ..errors import InputError, ParameterError
 from ..serialise import JSONDataclass, JSONDraw, from_plain
+from ._random import torch_generator
 from ._texture import smooth_noise
 from .priors import TissuePriors, load_priors
 from .qsynth import _as_tensor, class_weights
@@ -161,16 +162,17 @@ def _uniform(generator: torch.Generator, n: int = 1) -> list[float]:
     return torch.rand(n, generator=generator, dtype=torch.float64, device=generator.device).tolist()
 
 
-def draw_lesion(labels: Any, generator: torch.Generator, config: LesionConfig | None = None,
+def draw_lesion(labels: Any, generator: torch.Generator | int, config: LesionConfig | None = None,
                 priors: TissuePriors | None = None) -> LesionDraw:
     """Draw a lesion's position, size and shape for a healthy label map (hard or soft, see :func:`class_weights`).
 
     The centre is a random voxel of a territory class (chosen by ``config.territory`` weights among
     the classes present) in a randomly chosen hemisphere.  Raises InputError when the label map has
-    none of the territory classes.
+    none of the territory classes.  ``generator``: a torch generator, or an int seed for a CPU one.
     """
     config = config or DEFAULT_LESION_CONFIG
     priors = priors or load_priors()
+    generator = torch_generator(generator, "draw_lesion")
     index, _ = _classes(labels, priors)
     shape = index.shape
     ax = config.lr_axis
@@ -299,7 +301,7 @@ def render_lesion(labels: Any, draw: LesionDraw, config: LesionConfig | None = N
     return out
 
 
-def synth_lesion(labels: Any, generator: torch.Generator, config: LesionConfig | None = None,
+def synth_lesion(labels: Any, generator: torch.Generator | int, config: LesionConfig | None = None,
                  priors: TissuePriors | None = None) -> Tensor:
     """Soft probability map (float32, X×Y×Z) of one synthetic lesion: :func:`draw_lesion` + :func:`render_lesion`."""
     draw = draw_lesion(labels, generator, config, priors)

@@ -29,6 +29,7 @@ from .. import protocols
 from ..errors import InputError, ParameterError
 from ..physics import PARAMETER_BOUNDS, check_parameters
 from ..serialise import JSONDataclass, JSONDraw, from_plain
+from ._random import torch_generator
 from ._texture import smooth_noise
 from .priors import PARAMETERS, TissuePriors
 
@@ -142,13 +143,15 @@ class MapDraw(JSONDraw):
         return cls(classes, mu, sigma, fwhm, seed, par)
 
 
-def draw_maps(priors: TissuePriors, generator: torch.Generator, config: QSynthConfig | None = None) -> MapDraw:
+def draw_maps(priors: TissuePriors, generator: torch.Generator | int, config: QSynthConfig | None = None) -> MapDraw:
     """Draw one synthetic subject's per-class map statistics and texture (no volume work).
 
     ``mu ~ N(mu_mu, sigma_mu)`` and ``sigma ~ |N(mu_sigma, sigma_sigma)|`` per class and map, texture
-    FWHM ~ U(config.fwhm_range) per map, and a texture seed; all from ``generator`` (any device).
+    FWHM ~ U(config.fwhm_range) per map, and a texture seed; all from ``generator`` (any device, or an int
+    seed for a CPU one).
     """
     config = config or DEFAULT_CONFIG
+    generator = torch_generator(generator, "draw_maps")
     table = torch.as_tensor(priors.table(), dtype=torch.float64)  # (C, P, 4)
     n_cls, n_par = table.shape[:2]
     dev = generator.device
@@ -308,7 +311,7 @@ def _paint_hard_chunked(index: Tensor, mu: Tensor, sigma: Tensor, texture: Tenso
 def sample_maps(
     labels: Any,
     priors: TissuePriors,
-    generator: torch.Generator,
+    generator: torch.Generator | int,
     config: QSynthConfig | None = None,
     device: torch.device | str | None = None,
 ) -> tuple[dict[str, Tensor], MapDraw]:
@@ -426,9 +429,10 @@ def _draw_feasible(name: str, sequence: str, generator: torch.Generator) -> dict
     raise ParameterError(f"{name}: no feasible parameters in {_MAX_TRIES} draws; check the sampling ranges")
 
 
-def draw_sequence(generator: torch.Generator, sequences: Sequence[str] = ("gre", "fse", "flair", "mprage")
+def draw_sequence(generator: torch.Generator | int, sequences: Sequence[str] = ("gre", "fse", "flair", "mprage")
                   ) -> SequenceDraw:
-    """Draw a sequence uniformly from ``sequences`` and its parameters from the SPEC §5 ranges.
+    """Draw a sequence uniformly from ``sequences`` and its parameters from the SPEC §5 ranges (``generator``: a
+    torch generator or an int seed).
 
     Draws are redrawn (all parameters together) until :func:`qmricore.physics.check_parameters` accepts
     them (FLAIR TI + TE < TR, GRE/FSE TE < TR); MPRAGE takes the largest even ``n <= 256`` with
@@ -436,13 +440,14 @@ def draw_sequence(generator: torch.Generator, sequences: Sequence[str] = ("gre",
     """
     if not sequences:
         raise ParameterError("draw_sequence needs at least one sequence name")
+    generator = torch_generator(generator, "draw_sequence")
     i = int(torch.randint(0, len(sequences), (1,), generator=generator, device=generator.device).item())
     sequence = sequences[i]
     return SequenceDraw(sequence, _draw_feasible(sequence, sequence, generator))
 
 
-def draw_qatlas_mprage(generator: torch.Generator) -> tuple[SequenceDraw, float]:
+def draw_qatlas_mprage(generator: torch.Generator | int) -> tuple[SequenceDraw, float]:
     """Draw an MPRAGE from the qATLAS ranges (SPEC §5/§7); returns ``(draw, b0)`` with B0 in tesla."""
-    params = _draw_feasible("qatlas_mprage", "mprage", generator)
+    params = _draw_feasible("qatlas_mprage", "mprage", torch_generator(generator, "draw_qatlas_mprage"))
     b0 = params.pop("b0")
     return SequenceDraw("mprage", params), b0

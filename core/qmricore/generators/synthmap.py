@@ -42,6 +42,7 @@ from ..errors import InputError, ParameterError
 from ..physics import cpmg
 from ..physics.noise import rician_noise
 from ..serialise import JSONDraw, from_plain, to_plain
+from ._random import torch_generator
 from ._texture import smooth_noise
 from .priors import TissuePriors, load_priors
 from .qsynth import class_weights
@@ -327,14 +328,16 @@ class SynthMapDraw(JSONDraw):
         return draw
 
 
-def draw_synthmap(priors: SynthMapPriors, generator: torch.Generator,
+def draw_synthmap(priors: SynthMapPriors, generator: torch.Generator | int,
                   config: SynthMapConfig | None = None) -> SynthMapDraw:
     """Draw one subject's tissue statistics, B1 field, echo timing, SNR and seeds (no volume work).
 
     Every number is always drawn in the same order (echo timing too, even when the config fixes it), so a
-    seed gives the same subject whatever the config.
+    seed gives the same subject whatever the config.  ``generator``: a torch generator, or an int seed for a
+    CPU one.
     """
     config = config or DEFAULT_CONFIG
+    generator = torch_generator(generator, "draw_synthmap")
     dev = generator.device
     n_cls, n_q = priors.table.shape[:2]
     z = torch.randn((2, n_cls, n_q), generator=generator, dtype=torch.float64, device=dev).cpu().numpy()
@@ -543,7 +546,7 @@ def apply_synthmap(labels: Any, draw: SynthMapDraw, priors: SynthMapPriors | Non
                           sigma=noise_sigma)
 
 
-def generate_synthmap(labels: Any, generator: torch.Generator, priors: SynthMapPriors | None = None,
+def generate_synthmap(labels: Any, generator: torch.Generator | int, priors: SynthMapPriors | None = None,
                       config: SynthMapConfig | None = None) -> tuple[SynthMapSample, SynthMapDraw]:
     """:func:`draw_synthmap` then :func:`apply_synthmap`; returns the sample and its draw."""
     priors = priors or _default_priors()
