@@ -20,7 +20,7 @@ All defaults live in :class:`AugmentConfig`.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -35,7 +35,7 @@ from ._random import numpy_rng
 __all__ = [
     "AugmentConfig", "SpatialDraw", "IntensityDraw", "AugmentDraw",
     "draw_spatial", "draw_intensity", "draw_augment",
-    "spatial_matrix", "sampling_grid", "apply_spatial", "apply_intensity", "augment",
+    "spatial_matrix", "sampling_grid", "apply_spatial", "apply_spatial_keyed", "apply_intensity", "augment",
     "bias_field", "smooth_field", "crop_shape",
 ]
 
@@ -365,6 +365,27 @@ def apply_spatial(volume: torch.Tensor, draw: SpatialDraw, *, mode: str | None =
     return out.to(volume.dtype)
 
 
+def apply_spatial_keyed(volumes: Mapping[str, torch.Tensor], draw: SpatialDraw, *,
+                        modes: Mapping[str, str] | None = None) -> dict[str, torch.Tensor]:
+    """One spatial draw applied to several volumes (MONAI's dictionary transforms): ``{key: apply_spatial(...)}``.
+
+    The sampling grid is built once per device and shared, so an image and its labels move together exactly.
+    ``modes`` overrides :func:`apply_spatial`'s default mode per key (nearest for integer volumes, trilinear
+    for floating ones).
+    """
+    modes = dict(modes or {})
+    unknown = sorted(set(modes) - set(volumes))
+    if unknown:
+        raise ValueError(f"modes given for keys {unknown} that are not among the volumes {sorted(volumes)}")
+    grids: dict[torch.device, torch.Tensor] = {}
+    out = {}
+    for key, volume in volumes.items():
+        if volume.device not in grids:
+            grids[volume.device] = sampling_grid(draw, volume.device)
+        out[key] = apply_spatial(volume, draw, mode=modes.get(key), grid=grids[volume.device])
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # Intensity apply
 # --------------------------------------------------------------------------------------------------
@@ -481,8 +502,7 @@ def augment(image: torch.Tensor, label: torch.Tensor, draw: AugmentDraw
     ``image`` is (X, Y, Z) or (1, X, Y, Z); ``label`` hard (X, Y, Z) integers or soft (C, X, Y, Z)
     floats whose channel 0 is the background.
     """
-    grid = sampling_grid(draw.spatial, image.device)
-    img = apply_spatial(image.to(torch.float32), draw.spatial, grid=grid)
-    lab = apply_spatial(label, draw.spatial, grid=grid)
+    moved = apply_spatial_keyed({"image": image.to(torch.float32), "label": label}, draw.spatial)
+    img, lab = moved["image"], moved["label"]
     fg = (lab > 0) if not torch.is_floating_point(lab) else (lab[0] < 0.5)
     return apply_intensity(img, draw.intensity, foreground=fg), lab
