@@ -105,7 +105,7 @@ def test_heads_are_reproducible_by_seed_and_differ_between_seeds():
     assert draw_a == draw_b and draw_a != draw_c and not np.array_equal(a, c)
     assert draw_head(np.random.default_rng(7)) == draw_a
     assert a.dtype == np.int16 and set(np.unique(a)) <= set(PRIORS.labels)
-    assert all(isinstance(v, (int, float, tuple)) for v in draw_a.to_dict().values())
+    assert all(isinstance(v, (int, float, list)) for v in draw_a.to_dict().values())  # JSON data
 
 
 def test_eyes_sit_outside_the_brain_in_orbital_fat():

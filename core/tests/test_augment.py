@@ -18,6 +18,7 @@ from qmricore.generators.augment import (
     SpatialDraw,
     apply_intensity,
     apply_spatial,
+    apply_spatial_keyed,
     augment,
     bias_field,
     draw_augment,
@@ -164,6 +165,19 @@ def test_intensity_never_reaches_labels():
     _, l1 = augment(torch.rand(lab.shape), lab, draw)
     _, l2 = augment(torch.zeros(lab.shape), lab, AugmentDraw(draw.spatial, IntensityDraw()))
     assert torch.equal(l1, l2) and torch.equal(l1, apply_spatial(lab, draw.spatial))
+
+
+def test_keyed_apply_moves_every_volume_with_one_draw():
+    lab = _labels()
+    img = lab.to(torch.float32) * 30 + 5
+    draw = draw_augment(lab.shape, AugmentConfig(crop=16), 4).spatial
+    out = apply_spatial_keyed({"image": img, "label": lab, "as_image": lab.to(torch.float32)}, draw,
+                              modes={"as_image": "nearest"})
+    assert list(out) == ["image", "label", "as_image"]
+    assert torch.equal(out["image"], apply_spatial(img, draw)) and torch.equal(out["label"], apply_spatial(lab, draw))
+    assert torch.equal(out["as_image"], out["label"].to(torch.float32))  # nearest on floats = the labels
+    with pytest.raises(ValueError, match=r"modes given for keys \['labels'\]"):
+        apply_spatial_keyed({"label": lab}, draw, modes={"labels": "nearest"})
 
 
 def test_bias_field_equals_monai_randbiasfield_polynomial():

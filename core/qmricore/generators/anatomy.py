@@ -27,15 +27,15 @@ Tissue values for the new classes are in the shipped priors (``qmricore/data/pri
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
 from ..errors import InputError, ParameterError
+from ..serialise import JSONDataclass, JSONDraw
+from ._random import numpy_rng
 from .priors import TissuePriors, load_priors
 
 __all__ = ["HEAD_CLASSES", "HeadConfig", "HeadDraw", "draw_head", "apply_head", "build_head", "ventricle_mask"]
@@ -47,7 +47,7 @@ BRAIN_CLASSES = ("gm", "wm", "gm_wm_pv", "csf")
 
 
 @dataclass(frozen=True)
-class HeadConfig:
+class HeadConfig(JSONDataclass):
     """Ranges of the head draw (the one place their defaults live).  Lengths in mm, angles in degrees.
 
     Attributes
@@ -109,8 +109,8 @@ class HeadConfig:
 
 
 @dataclass(frozen=True)
-class HeadDraw:
-    """Every random number of one head (JSON-safe through :func:`dataclasses.asdict`)."""
+class HeadDraw(JSONDraw):
+    """Every random number of one head (JSON-safe through ``to_dict``/``from_dict``)."""
 
     scale: tuple[float, float, float]
     rotation_deg: tuple[float, float, float]
@@ -127,9 +127,6 @@ class HeadDraw:
     eye_offset_mm: tuple[float, float, float]
     field_seed: int
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 def _pair(rng: np.random.Generator, bounds: tuple[float, float]) -> tuple[float, float]:
     """A sub-range of ``bounds`` (low <= high): where one head's thickness field lies."""
@@ -137,9 +134,11 @@ def _pair(rng: np.random.Generator, bounds: tuple[float, float]) -> tuple[float,
     return a, b
 
 
-def draw_head(rng: np.random.Generator, config: HeadConfig | None = None) -> HeadDraw:
-    """Draw one head's deformation, atrophy, ventricle change, layer thickness ranges and eyes."""
+def draw_head(generator: np.random.Generator | int, config: HeadConfig | None = None) -> HeadDraw:
+    """Draw one head's deformation, atrophy, ventricle change, layer thickness ranges and eyes (``generator``: a
+    numpy generator or an int seed)."""
     c = config or HeadConfig()
+    rng = numpy_rng(generator, "draw_head")
     atrophy = float(rng.uniform(*c.atrophy_mm)) if rng.random() < c.atrophy_prob else 0.0
     return HeadDraw(
         scale=tuple(float(v) for v in rng.uniform(*c.scale, size=3)),

@@ -29,11 +29,13 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ParameterError
+from ..serialise import JSONDataclass, JSONDraw
+from ._random import numpy_rng
 
 __all__ = [
     "AugmentConfig", "SpatialDraw", "IntensityDraw", "AugmentDraw",
     "draw_spatial", "draw_intensity", "draw_augment",
-    "spatial_matrix", "sampling_grid", "apply_spatial", "apply_intensity", "augment",
+    "spatial_matrix", "sampling_grid", "apply_spatial", "apply_spatial_keyed", "apply_intensity", "augment",
     "bias_field", "smooth_field", "crop_shape",
 ]
 
@@ -41,7 +43,7 @@ Shape3 = tuple[int, int, int]
 
 
 @dataclass(frozen=True)
-class AugmentConfig:
+class AugmentConfig(JSONDataclass):
     """Distributions of the augmentation parameters (the one place their defaults live).
 
     Attributes
@@ -124,32 +126,6 @@ class AugmentConfig:
         if self.crop is not None:
             crop_shape((1, 1, 1), self.crop)  # validates
 
-    def to_dict(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> AugmentConfig:
-        d = dict(d)
-        for key in ("flip_axes", "snr_range", "gibbs_alpha"):
-            if key in d:
-                d[key] = tuple(d[key])
-        if isinstance(d.get("crop"), list):
-            d["crop"] = tuple(d["crop"])
-        return cls(**d)
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.floating,)):
-        return float(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
 
 
 #: Largest crop side in voxels (512³ float32 is 0.5 GB per channel; beyond that is a typo, not a brain).
@@ -178,7 +154,7 @@ def _seed(rng: np.random.Generator) -> int:
 
 
 @dataclass(frozen=True)
-class SpatialDraw:
+class SpatialDraw(JSONDraw):
     """One spatial augmentation: output voxel ``v`` samples the input at ``p(v)`` (see :func:`spatial_matrix`).
 
     ``offset`` is the crop origin in input voxels (negative where the output is padded); angles in
@@ -197,14 +173,6 @@ class SpatialDraw:
     elastic_nodes: int = 8
     elastic_seed: int = 0
 
-    def to_dict(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> SpatialDraw:
-        tuples = ("in_shape", "out_shape", "offset", "flips", "rotation_deg", "scale", "shear")
-        return cls(**{k: (tuple(v) if k in tuples else v) for k, v in d.items()})
-
     @property
     def is_identity(self) -> bool:
         """True when the draw only crops/pads (no flip, rotation, zoom, shear or elastic displacement)."""
@@ -213,7 +181,7 @@ class SpatialDraw:
 
 
 @dataclass(frozen=True)
-class IntensityDraw:
+class IntensityDraw(JSONDraw):
     """One intensity augmentation; ``None`` fields are skipped.
 
     bias_coeffs: Legendre coefficients of the log bias field (degree ``bias_degree``);
@@ -231,31 +199,13 @@ class IntensityDraw:
     gibbs_alpha: float | None = None
     gamma: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> IntensityDraw:
-        d = dict(d)
-        for key in ("bias_coeffs", "lowres_factors"):
-            if d.get(key) is not None:
-                d[key] = tuple(d[key])
-        return cls(**d)
-
 
 @dataclass(frozen=True)
-class AugmentDraw:
+class AugmentDraw(JSONDraw):
     """A spatial and an intensity draw, saved together in a sample's sidecar."""
 
     spatial: SpatialDraw
     intensity: IntensityDraw = field(default_factory=IntensityDraw)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"spatial": self.spatial.to_dict(), "intensity": self.intensity.to_dict()}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> AugmentDraw:
-        return cls(SpatialDraw.from_dict(d["spatial"]), IntensityDraw.from_dict(d["intensity"]))
 
 
 def _n_legendre(degree: int) -> int:
@@ -276,13 +226,15 @@ def _crop_offset(n: int, c: int, focus: tuple[int, int] | None, rng: np.random.G
     return int(rng.integers(lo, hi + 1))
 
 
-def draw_spatial(in_shape: Sequence[int], config: AugmentConfig, rng: np.random.Generator,
+def draw_spatial(in_shape: Sequence[int], config: AugmentConfig, generator: np.random.Generator | int,
                  focus: Sequence[Sequence[int]] | None = None) -> SpatialDraw:
     """Draw flips, affine, elastic strength and crop offset for an input of ``in_shape`` voxels.
 
-    ``focus`` (optional ``(lower corner, upper corner)``, inclusive voxel indices, e.g. the bounding box
-    of the foreground) keeps the crop centre inside that box where the crop size allows.
+    ``generator`` is a numpy generator or an int seed.  ``focus`` (optional ``(lower corner, upper corner)``,
+    inclusive voxel indices, e.g. the bounding box of the foreground) keeps the crop centre inside that box
+    where the crop size allows.
     """
+    rng = numpy_rng(generator, "draw_spatial")
     in_shape = tuple(int(s) for s in in_shape)
     out_shape = crop_shape(in_shape, config.crop)
     offset = tuple(
@@ -299,8 +251,10 @@ def draw_spatial(in_shape: Sequence[int], config: AugmentConfig, rng: np.random.
                        elastic_std, config.elastic_nodes, _seed(rng))
 
 
-def draw_intensity(config: AugmentConfig, rng: np.random.Generator) -> IntensityDraw:
-    """Draw which intensity augmentations apply and their parameters (fixed number of draws per call)."""
+def draw_intensity(config: AugmentConfig, generator: np.random.Generator | int) -> IntensityDraw:
+    """Draw which intensity augmentations apply and their parameters (fixed number of draws per call) from
+    ``generator`` (a numpy generator or an int seed)."""
+    rng = numpy_rng(generator, "draw_intensity")
     n_coeff = _n_legendre(config.bias_degree)
     use = rng.random(5) < np.array([config.bias_prob, config.noise_prob, config.lowres_prob,
                                     config.gibbs_prob, config.gamma_prob])
@@ -321,12 +275,11 @@ def draw_intensity(config: AugmentConfig, rng: np.random.Generator) -> Intensity
     )
 
 
-def draw_augment(in_shape: Sequence[int], config: AugmentConfig, rng: np.random.Generator | int,
+def draw_augment(in_shape: Sequence[int], config: AugmentConfig, generator: np.random.Generator | int,
                  focus: Sequence[Sequence[int]] | None = None) -> AugmentDraw:
-    """Draw a full augmentation (spatial then intensity) from ``rng`` (a numpy Generator or a seed);
+    """Draw a full augmentation (spatial then intensity) from ``generator`` (a numpy generator or an int seed);
     ``focus`` as in :func:`draw_spatial`."""
-    if not isinstance(rng, np.random.Generator):
-        rng = np.random.default_rng(int(rng))
+    rng = numpy_rng(generator, "draw_augment")
     return AugmentDraw(draw_spatial(in_shape, config, rng, focus), draw_intensity(config, rng))
 
 
@@ -410,6 +363,27 @@ def apply_spatial(volume: torch.Tensor, draw: SpatialDraw, *, mode: str | None =
     if integer:
         return out.round_().to(volume.dtype)
     return out.to(volume.dtype)
+
+
+def apply_spatial_keyed(volumes: Mapping[str, torch.Tensor], draw: SpatialDraw, *,
+                        modes: Mapping[str, str] | None = None) -> dict[str, torch.Tensor]:
+    """One spatial draw applied to several volumes (MONAI's dictionary transforms): ``{key: apply_spatial(...)}``.
+
+    The sampling grid is built once per device and shared, so an image and its labels move together exactly.
+    ``modes`` overrides :func:`apply_spatial`'s default mode per key (nearest for integer volumes, trilinear
+    for floating ones).
+    """
+    modes = dict(modes or {})
+    unknown = sorted(set(modes) - set(volumes))
+    if unknown:
+        raise ValueError(f"modes given for keys {unknown} that are not among the volumes {sorted(volumes)}")
+    grids: dict[torch.device, torch.Tensor] = {}
+    out = {}
+    for key, volume in volumes.items():
+        if volume.device not in grids:
+            grids[volume.device] = sampling_grid(draw, volume.device)
+        out[key] = apply_spatial(volume, draw, mode=modes.get(key), grid=grids[volume.device])
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -528,8 +502,7 @@ def augment(image: torch.Tensor, label: torch.Tensor, draw: AugmentDraw
     ``image`` is (X, Y, Z) or (1, X, Y, Z); ``label`` hard (X, Y, Z) integers or soft (C, X, Y, Z)
     floats whose channel 0 is the background.
     """
-    grid = sampling_grid(draw.spatial, image.device)
-    img = apply_spatial(image.to(torch.float32), draw.spatial, grid=grid)
-    lab = apply_spatial(label, draw.spatial, grid=grid)
+    moved = apply_spatial_keyed({"image": image.to(torch.float32), "label": label}, draw.spatial)
+    img, lab = moved["image"], moved["label"]
     fg = (lab > 0) if not torch.is_floating_point(lab) else (lab[0] < 0.5)
     return apply_intensity(img, draw.intensity, foreground=fg), lab

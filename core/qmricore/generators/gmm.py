@@ -12,20 +12,20 @@ and variance ``sum p_c sigma_c²``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..errors import ParameterError
+from ..serialise import JSONDataclass, JSONDraw
+from ._random import numpy_rng
 
 __all__ = ["GMMConfig", "GMMDraw", "draw_gmm", "apply_gmm", "gaussian_blur"]
 
 
 @dataclass(frozen=True)
-class GMMConfig:
+class GMMConfig(JSONDataclass):
     """Priors of the GMM baseline (the one place their defaults live).
 
     Attributes
@@ -51,16 +51,9 @@ class GMMConfig:
             if getattr(self, key)[0] < 0:
                 raise ParameterError(f"gmm: {key} must be >= 0, got {getattr(self, key)}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> GMMConfig:
-        return cls(**{k: tuple(v) for k, v in d.items()})
-
 
 @dataclass(frozen=True)
-class GMMDraw:
+class GMMDraw(JSONDraw):
     """One GMM draw: per-class ``means`` and ``stds`` (index = label value), blur sigma in voxels and
     the seed of the torch generator that draws the voxel noise (on the labels' device)."""
 
@@ -69,22 +62,14 @@ class GMMDraw:
     blur_sigma: float
     seed: int
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"means": list(self.means), "stds": list(self.stds), "blur_sigma": self.blur_sigma, "seed": self.seed}
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> GMMDraw:
-        return cls(tuple(float(v) for v in d["means"]), tuple(float(v) for v in d["stds"]),
-                   float(d["blur_sigma"]), int(d["seed"]))
-
-
-def draw_gmm(n_classes: int, rng: np.random.Generator | int, config: GMMConfig | None = None) -> GMMDraw:
-    """Draw means, standard deviations and blur for ``n_classes`` labels (0 .. n_classes - 1)."""
+def draw_gmm(n_classes: int, generator: np.random.Generator | int, config: GMMConfig | None = None) -> GMMDraw:
+    """Draw means, standard deviations and blur for ``n_classes`` labels (0 .. n_classes - 1) from ``generator``
+    (a numpy generator or an int seed)."""
     config = config or GMMConfig()
     if n_classes < 1:
         raise ParameterError(f"gmm: n_classes must be >= 1, got {n_classes}")
-    if not isinstance(rng, np.random.Generator):
-        rng = np.random.default_rng(int(rng))
+    rng = numpy_rng(generator, "draw_gmm")
     means = rng.uniform(*config.mean_range, n_classes)
     stds = rng.uniform(*config.std_range, n_classes)
     blur = float(rng.uniform(*config.blur_sigma_range))

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 from ..errors import InputError, ParameterError
+from ..serialise import JSONDataclass, JSONDraw, from_plain
+from ._random import torch_generator
 from ._texture import smooth_noise
 from .priors import TissuePriors, load_priors
 from .qsynth import _as_tensor, class_weights
@@ -29,7 +31,7 @@ Tensor = torch.Tensor
 
 
 @dataclass(frozen=True)
-class LesionConfig:
+class LesionConfig(JSONDataclass):
     """Options of synthetic lesions (the one place their defaults live).
 
     Attributes
@@ -89,7 +91,7 @@ DEFAULT_LESION_CONFIG = LesionConfig()
 
 
 @dataclass(frozen=True)
-class LesionDraw:
+class LesionDraw(JSONDraw):
     """The random numbers of one synthetic lesion (voxel coordinates of the label map's grid).
 
     Attributes
@@ -122,27 +124,16 @@ class LesionDraw:
     noise_fwhm: float
     noise_seed: int
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"volume_ml": self.volume_ml, "hemisphere": self.hemisphere, "centres": [list(c) for c in self.centres],
-                "radii": [list(r) for r in self.radii], "rotations": [list(r) for r in self.rotations],
-                "edge": self.edge, "roughness": self.roughness, "noise_fwhm": self.noise_fwhm,
-                "noise_seed": self.noise_seed}
-
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LesionDraw:
-        try:
-            centres = tuple(tuple(float(v) for v in c) for c in data["centres"])
-            radii = tuple(tuple(float(v) for v in r) for r in data["radii"])
-            rotations = tuple(tuple(float(v) for v in r) for r in data["rotations"])
-            draw = cls(float(data["volume_ml"]), int(data["hemisphere"]), centres, radii, rotations,
-                       float(data["edge"]), float(data["roughness"]), float(data["noise_fwhm"]),
-                       int(data["noise_seed"]))
-        except (KeyError, TypeError, ValueError) as error:
-            raise InputError(f"not a lesion draw (missing or bad entry {error})") from None
+        """:func:`~qmricore.serialise.from_plain`, then the checks a hand-edited sidecar needs (the three lists
+        of one length, 9 numbers per rotation, radii and edge > 0), which the field types cannot say."""
+        draw = from_plain(cls, data, error=lambda problem: InputError(f"not a lesion draw ({problem})"))
+        centres, radii, rotations = draw.centres, draw.radii, draw.rotations
         if not (len(centres) == len(radii) == len(rotations)) or not centres:
             raise InputError("lesion draw: centres, radii and rotations must have the same non-zero length")
-        if any(len(c) != 3 for c in centres + radii) or any(len(r) != 9 for r in rotations):
-            raise InputError("lesion draw: centres and radii need 3 numbers, rotations 9")
+        if any(len(r) != 9 for r in rotations):  # (three per centre and radius: the field types)
+            raise InputError("lesion draw: rotations need 9 numbers each")
         if any(v <= 0 for r in radii for v in r) or draw.edge <= 0:
             raise InputError("lesion draw: radii and edge must be > 0")
         return draw
@@ -171,16 +162,17 @@ def _uniform(generator: torch.Generator, n: int = 1) -> list[float]:
     return torch.rand(n, generator=generator, dtype=torch.float64, device=generator.device).tolist()
 
 
-def draw_lesion(labels: Any, generator: torch.Generator, config: LesionConfig | None = None,
+def draw_lesion(labels: Any, generator: torch.Generator | int, config: LesionConfig | None = None,
                 priors: TissuePriors | None = None) -> LesionDraw:
     """Draw a lesion's position, size and shape for a healthy label map (hard or soft, see :func:`class_weights`).
 
     The centre is a random voxel of a territory class (chosen by ``config.territory`` weights among
     the classes present) in a randomly chosen hemisphere.  Raises InputError when the label map has
-    none of the territory classes.
+    none of the territory classes.  ``generator``: a torch generator, or an int seed for a CPU one.
     """
     config = config or DEFAULT_LESION_CONFIG
     priors = priors or load_priors()
+    generator = torch_generator(generator, "draw_lesion")
     index, _ = _classes(labels, priors)
     shape = index.shape
     ax = config.lr_axis
@@ -309,7 +301,7 @@ def render_lesion(labels: Any, draw: LesionDraw, config: LesionConfig | None = N
     return out
 
 
-def synth_lesion(labels: Any, generator: torch.Generator, config: LesionConfig | None = None,
+def synth_lesion(labels: Any, generator: torch.Generator | int, config: LesionConfig | None = None,
                  priors: TissuePriors | None = None) -> Tensor:
     """Soft probability map (float32, X×Y×Z) of one synthetic lesion: :func:`draw_lesion` + :func:`render_lesion`."""
     draw = draw_lesion(labels, generator, config, priors)

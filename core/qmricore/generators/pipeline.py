@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError, ParameterError
+from ..serialise import JSONDataclass, JSONDraw, from_plain
 from .augment import (
     AugmentConfig,
     AugmentDraw,
@@ -59,28 +60,8 @@ FORMAT = "qmricore-synth/1"
 Tensor = torch.Tensor
 
 
-def _tuples(x: Any) -> Any:
-    """JSON lists back to (nested) tuples, as the frozen config dataclasses hold them."""
-    return tuple(_tuples(v) for v in x) if isinstance(x, list) else x
-
-
-def _config_dict(config: Any) -> dict[str, Any]:
-    return json_safe(dataclasses.asdict(config))
-
-
-def json_safe(x: Any) -> Any:
-    """Tuples to lists and numpy scalars to Python numbers, recursively."""
-    if isinstance(x, Mapping):
-        return {str(k): json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_safe(v) for v in x]
-    if isinstance(x, np.generic):
-        return x.item()
-    return x
-
-
 @dataclass(frozen=True)
-class PipelineConfig:
+class PipelineConfig(JSONDataclass):
     """Settings of the whole generator (each default lives in its stage's config or here).
 
     Attributes
@@ -125,28 +106,6 @@ class PipelineConfig:
         if self.receive_max_std < 0 or self.receive_nodes < 2:
             raise ParameterError("receive_max_std must be >= 0 and receive_nodes >= 2")
 
-    def to_dict(self) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in ("mode", "sequences", "lesion_prob", "lesion_focus_prob",
-                                           "receive_max_std", "receive_nodes", "priors")}
-        d.update(augment=self.augment.to_dict(), gmm=self.gmm.to_dict(), qsynth=_config_dict(self.qsynth),
-                 lesion=_config_dict(self.lesion))
-        return json_safe(d)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> PipelineConfig:
-        d = dict(d)
-        if d.get("sequences") is not None:
-            d["sequences"] = tuple(d["sequences"])
-        if "augment" in d:
-            d["augment"] = AugmentConfig.from_dict(d["augment"])
-        if "gmm" in d:
-            d["gmm"] = GMMConfig.from_dict(d["gmm"])
-        if "qsynth" in d:
-            d["qsynth"] = QSynthConfig(**{k: _tuples(v) for k, v in d["qsynth"].items()})
-        if "lesion" in d:
-            d["lesion"] = LesionConfig(**{k: _tuples(v) for k, v in d["lesion"].items()})
-        return cls(**d)
-
 
 def with_voxel_size(config: PipelineConfig, voxel_size: tuple[float, ...]) -> PipelineConfig:
     """The config with the label map's voxel size (mm) set where a stage needs it (lesion volumes in mL)."""
@@ -155,23 +114,16 @@ def with_voxel_size(config: PipelineConfig, voxel_size: tuple[float, ...]) -> Pi
 
 
 @dataclass(frozen=True)
-class ReceiveDraw:
+class ReceiveDraw(JSONDraw):
     """Receive (coil sensitivity) field: log-field std, control points per axis, and its generator seed."""
 
     std: float
     nodes: int
     seed: int
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"std": self.std, "nodes": self.nodes, "seed": self.seed}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ReceiveDraw:
-        return cls(float(d["std"]), int(d["nodes"]), int(d["seed"]))
-
 
 @dataclass(frozen=True)
-class SampleDraw:
+class SampleDraw(JSONDraw):
     """Every random number of one sample (``lesion_source``: ``"none"``, ``"given"`` or ``"synth"``)."""
 
     mode: str
@@ -185,31 +137,24 @@ class SampleDraw:
     receive: ReceiveDraw | None = None
     gmm: GMMDraw | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        def opt(x: Any) -> Any:
-            return None if x is None else x.to_dict()
-
-        return json_safe({
-            "mode": self.mode, "seed": self.seed, "input_shape": list(self.input_shape),
-            "lesion_source": self.lesion_source, "lesion": opt(self.lesion),
-            "maps": opt(self.maps), "sequence": opt(self.sequence), "receive": opt(self.receive),
-            "gmm": opt(self.gmm), "augment": self.augment.to_dict(),
-        })
-
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SampleDraw:
-        def opt(kind: Any, key: str) -> Any:
-            return None if d.get(key) is None else kind.from_dict(d[key])
-
+        """:func:`~qmricore.serialise.from_plain` on the draw's own keys: a sidecar (``Sample.params``) holds them
+        next to ``format``, ``config``, ``priors`` and whatever its writer adds (``write_sample``'s ``extra``).
+        The stage draws' errors are theirs; a bad entry of this level, or an infeasible sequence, says
+        "not a synthetic-sample sidecar"."""
+        if not isinstance(d, Mapping):
+            raise InputError(f"not a synthetic-sample sidecar (a {type(d).__name__}, not a JSON object)")
+        own = {k: v for k, v in d.items() if k in _SAMPLE_DRAW_KEYS}
         try:
-            return cls(str(d["mode"]), int(d["seed"]), tuple(int(v) for v in d["input_shape"]),
-                       AugmentDraw.from_dict(d["augment"]), str(d.get("lesion_source", "none")),
-                       opt(LesionDraw, "lesion"), opt(MapDraw, "maps"), opt(SequenceDraw, "sequence"),
-                       opt(ReceiveDraw, "receive"), opt(GMMDraw, "gmm"))
-        except (KeyError, TypeError, ValueError) as error:
-            if isinstance(error, InputError):
-                raise
-            raise InputError(f"not a synthetic-sample sidecar (missing or bad entry {error})") from None
+            return from_plain(cls, own, error=lambda problem: InputError(f"not a synthetic-sample sidecar ({problem})"))
+        except InputError:
+            raise
+        except (TypeError, ValueError) as error:
+            raise InputError(f"not a synthetic-sample sidecar ({error})") from None
+
+
+_SAMPLE_DRAW_KEYS = frozenset(f.name for f in dataclasses.fields(SampleDraw))
 
 
 @dataclass(frozen=True, eq=False)

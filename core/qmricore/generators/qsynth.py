@@ -28,6 +28,8 @@ import torch
 from .. import protocols
 from ..errors import InputError, ParameterError
 from ..physics import PARAMETER_BOUNDS, check_parameters
+from ..serialise import JSONDataclass, JSONDraw, from_plain
+from ._random import torch_generator
 from ._texture import smooth_noise
 from .priors import PARAMETERS, TissuePriors
 
@@ -40,7 +42,7 @@ CPU_CHUNK_VOXELS = 1 << 14
 
 
 @dataclass(frozen=True)
-class QSynthConfig:
+class QSynthConfig(JSONDataclass):
     """Options of qSynth map generation (the one place their defaults live).
 
     Attributes
@@ -80,8 +82,12 @@ DEFAULT_CONFIG = QSynthConfig()
 
 
 @dataclass(frozen=True)
-class MapDraw:
+class MapDraw(JSONDraw):
     """The random numbers of one qSynth subject (replayable with :func:`apply_maps`).
+
+    ``to_dict``/``from_dict`` are its own, not :mod:`qmricore.serialise`'s: the sidecar form is keyed by class
+    and map name (``mu["wm"]["r1"]``), readable and robust to a reordered class table, and every sidecar
+    written so far has it; ``from_dict`` also checks finiteness, signs and the parameter order.
 
     Attributes
     ----------
@@ -137,13 +143,15 @@ class MapDraw:
         return cls(classes, mu, sigma, fwhm, seed, par)
 
 
-def draw_maps(priors: TissuePriors, generator: torch.Generator, config: QSynthConfig | None = None) -> MapDraw:
+def draw_maps(priors: TissuePriors, generator: torch.Generator | int, config: QSynthConfig | None = None) -> MapDraw:
     """Draw one synthetic subject's per-class map statistics and texture (no volume work).
 
     ``mu ~ N(mu_mu, sigma_mu)`` and ``sigma ~ |N(mu_sigma, sigma_sigma)|`` per class and map, texture
-    FWHM ~ U(config.fwhm_range) per map, and a texture seed; all from ``generator`` (any device).
+    FWHM ~ U(config.fwhm_range) per map, and a texture seed; all from ``generator`` (any device, or an int
+    seed for a CPU one).
     """
     config = config or DEFAULT_CONFIG
+    generator = torch_generator(generator, "draw_maps")
     table = torch.as_tensor(priors.table(), dtype=torch.float64)  # (C, P, 4)
     n_cls, n_par = table.shape[:2]
     dev = generator.device
@@ -303,7 +311,7 @@ def _paint_hard_chunked(index: Tensor, mu: Tensor, sigma: Tensor, texture: Tenso
 def sample_maps(
     labels: Any,
     priors: TissuePriors,
-    generator: torch.Generator,
+    generator: torch.Generator | int,
     config: QSynthConfig | None = None,
     device: torch.device | str | None = None,
 ) -> tuple[dict[str, Tensor], MapDraw]:
@@ -322,24 +330,19 @@ _MAX_TRIES = 10_000
 
 
 @dataclass(frozen=True)
-class SequenceDraw:
+class SequenceDraw(JSONDraw):
     """One training acquisition: sequence name and parameters (seconds, degrees; ``n`` an integer)."""
 
     sequence: str
-    params: Mapping[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"sequence": self.sequence, "params": dict(self.params)}
+    params: Mapping[str, int | float] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SequenceDraw:
-        """Rebuild and validate (with :func:`qmricore.physics.check_parameters`)."""
-        try:
-            sequence, params = str(data["sequence"]), dict(data["params"])
-        except (KeyError, TypeError, ValueError) as error:
-            raise InputError(f"not a sequence draw (missing or bad entry {error})") from None
-        check_parameters(sequence, params)
-        return cls(sequence, params)
+        """:func:`~qmricore.serialise.from_plain`, then :func:`qmricore.physics.check_parameters`: a hand-edited
+        sidecar with infeasible timings fails here, not inside the simulator."""
+        draw = from_plain(cls, data, error=lambda problem: InputError(f"not a sequence draw ({problem})"))
+        check_parameters(draw.sequence, dict(draw.params))
+        return draw
 
 
 @cache
@@ -430,8 +433,9 @@ def _draw_feasible(name: str, sequence: str, generator: torch.Generator) -> dict
 TRAINING_SEQUENCES: tuple[str, ...] = ("gre", "fse", "flair", "mprage")
 
 
-def draw_sequence(generator: torch.Generator, sequences: Sequence[str] = TRAINING_SEQUENCES) -> SequenceDraw:
-    """Draw a sequence uniformly from ``sequences`` and its parameters from the SPEC §5 ranges.
+def draw_sequence(generator: torch.Generator | int, sequences: Sequence[str] = TRAINING_SEQUENCES) -> SequenceDraw:
+    """Draw a sequence uniformly from ``sequences`` and its parameters from the SPEC §5 ranges (``generator``: a
+    torch generator or an int seed).
 
     Draws are redrawn (all parameters together) until :func:`qmricore.physics.check_parameters` accepts
     them (FLAIR TI + TE < TR, GRE/FSE TE < TR); MPRAGE takes the largest even ``n <= 256`` with
@@ -439,13 +443,14 @@ def draw_sequence(generator: torch.Generator, sequences: Sequence[str] = TRAININ
     """
     if not sequences:
         raise ParameterError("draw_sequence needs at least one sequence name")
+    generator = torch_generator(generator, "draw_sequence")
     i = int(torch.randint(0, len(sequences), (1,), generator=generator, device=generator.device).item())
     sequence = sequences[i]
     return SequenceDraw(sequence, _draw_feasible(sequence, sequence, generator))
 
 
-def draw_qatlas_mprage(generator: torch.Generator) -> tuple[SequenceDraw, float]:
+def draw_qatlas_mprage(generator: torch.Generator | int) -> tuple[SequenceDraw, float]:
     """Draw an MPRAGE from the qATLAS ranges (SPEC §5/§7); returns ``(draw, b0)`` with B0 in tesla."""
-    params = _draw_feasible("qatlas_mprage", "mprage", generator)
+    params = _draw_feasible("qatlas_mprage", "mprage", torch_generator(generator, "draw_qatlas_mprage"))
     b0 = params.pop("b0")
     return SequenceDraw("mprage", params), b0

@@ -27,10 +27,9 @@ B1), which is what makes a 2 mm head take seconds (the tables' error is measured
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -42,6 +41,8 @@ import torch
 from ..errors import InputError, ParameterError
 from ..physics import cpmg
 from ..physics.noise import rician_noise
+from ..serialise import JSONDraw, from_plain, to_plain
+from ._random import torch_generator
 from ._texture import smooth_noise
 from .priors import TissuePriors, load_priors
 from .qsynth import class_weights
@@ -257,7 +258,7 @@ def load_synthmap_priors(path: str | Path | None = None, tissue: TissuePriors | 
 # ---------------------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class SynthMapDraw:
+class SynthMapDraw(JSONDraw):
     """Every random number of one SynthMap sample (replayable with :func:`apply_synthmap`).
 
     Attributes
@@ -299,26 +300,19 @@ class SynthMapDraw:
     noise_seed: int
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["quantities"], out["pools"] = list(QUANTITIES), list(POOLS)
-        return json.loads(json.dumps(out))  # tuples -> lists
+        """:func:`~qmricore.serialise.to_plain` plus the ``quantities`` and ``pools`` names, so that a sidecar
+        says what the columns of ``mu``/``sigma``/``width``/``t1`` are."""
+        return {**to_plain(self), "quantities": list(QUANTITIES), "pools": list(POOLS)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SynthMapDraw:
-        try:
-            values = {f.name: data[f.name] for f in fields(cls)}
-            values["classes"] = tuple(str(c) for c in values["classes"])
-            for key in ("mu", "sigma", "width", "t1"):
-                values[key] = tuple(tuple(float(v) for v in row) for row in values[key])
-            for key in ("fwhm", "b1_coefficients"):
-                values[key] = tuple(float(v) for v in values[key])
-            for key in ("b1_mean", "b1_amplitude", "te", "refocus", "snr"):
-                values[key] = float(values[key])
-        except (KeyError, TypeError, ValueError) as error:
-            raise InputError(f"not a SynthMap draw (missing or bad entry {error})") from None
-        for key in ("texture_seed", "noise_seed", "n_echoes"):
-            if isinstance(values[key], bool) or not isinstance(values[key], int):
-                raise InputError(f"SynthMap draw: {key} must be an integer, got {values[key]!r}")
+        """:func:`~qmricore.serialise.from_plain` (the column names are skipped), then the checks the field types
+        cannot say: table shapes, finite numbers, the config's ranges, snr and t1 > 0."""
+        if not isinstance(data, Mapping):
+            raise InputError(f"not a SynthMap draw (a {type(data).__name__}, not a JSON object)")
+        own = {k: v for k, v in data.items() if k not in ("quantities", "pools")}
+        draw = from_plain(cls, own, error=lambda problem: InputError(f"not a SynthMap draw ({problem})"))
+        values = {f.name: getattr(draw, f.name) for f in fields(cls)}
         n = len(values["classes"])
         shapes = {"mu": (n, len(QUANTITIES)), "sigma": (n, len(QUANTITIES)), "width": (n, len(POOLS)),
                   "t1": (n, len(POOLS)), "fwhm": (len(QUANTITIES),), "b1_coefficients": (B1_TERMS,)}
@@ -331,17 +325,19 @@ class SynthMapDraw:
         SynthMapConfig(te=values["te"], n_echoes=values["n_echoes"], refocus=values["refocus"])  # range checks
         if not values["snr"] > 0 or min(np.ravel(values["t1"])) <= 0:
             raise InputError("SynthMap draw: snr and t1 must be > 0")
-        return cls(**values)
+        return draw
 
 
-def draw_synthmap(priors: SynthMapPriors, generator: torch.Generator,
+def draw_synthmap(priors: SynthMapPriors, generator: torch.Generator | int,
                   config: SynthMapConfig | None = None) -> SynthMapDraw:
     """Draw one subject's tissue statistics, B1 field, echo timing, SNR and seeds (no volume work).
 
     Every number is always drawn in the same order (echo timing too, even when the config fixes it), so a
-    seed gives the same subject whatever the config.
+    seed gives the same subject whatever the config.  ``generator``: a torch generator, or an int seed for a
+    CPU one.
     """
     config = config or DEFAULT_CONFIG
+    generator = torch_generator(generator, "draw_synthmap")
     dev = generator.device
     n_cls, n_q = priors.table.shape[:2]
     z = torch.randn((2, n_cls, n_q), generator=generator, dtype=torch.float64, device=dev).cpu().numpy()
@@ -550,7 +546,7 @@ def apply_synthmap(labels: Any, draw: SynthMapDraw, priors: SynthMapPriors | Non
                           sigma=noise_sigma)
 
 
-def generate_synthmap(labels: Any, generator: torch.Generator, priors: SynthMapPriors | None = None,
+def generate_synthmap(labels: Any, generator: torch.Generator | int, priors: SynthMapPriors | None = None,
                       config: SynthMapConfig | None = None) -> tuple[SynthMapSample, SynthMapDraw]:
     """:func:`draw_synthmap` then :func:`apply_synthmap`; returns the sample and its draw."""
     priors = priors or _default_priors()

@@ -28,10 +28,7 @@ standard deviation 1 over the whole image, or over voxels above the lower percen
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -39,23 +36,15 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError, ParameterError
+from ..serialise import ModelSettings
 
 #: Intensity normalisations and grid anchors of :class:`PreprocessConfig`.
 NORMALISATIONS = ("percentile", "histogram", "none")
 GRID_ANCHORS = ("centred", "first-voxel")
 
 
-def dataclass_from_dict(cls: type, data: Mapping[str, Any]) -> Any:
-    """Build the config dataclass ``cls`` from a JSON dict, refusing unknown keys (lists become tuples)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ParameterError(f"{cls.__name__}: unknown keys {unknown}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-
-
 @dataclass(frozen=True)
-class PreprocessConfig:
+class PreprocessConfig(ModelSettings):
     """Image preprocessing before the network (SPEC §9); training must use the same.
 
     Parameters
@@ -119,13 +108,6 @@ class PreprocessConfig:
             raise ParameterError(
                 f"PreprocessConfig: zscore must be 'whole', 'foreground' or 'none', got {self.zscore!r}"
             )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PreprocessConfig:
-        return dataclass_from_dict(cls, data)
 
 
 @dataclass(frozen=True, eq=False)

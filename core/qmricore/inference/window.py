@@ -7,18 +7,16 @@ then on the CPU, when the GPU runs out of memory.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import ParameterError, QMRIError
-from .preprocess import dataclass_from_dict
+from ..serialise import ModelSettings
 
 #: What the sliding window pads the image with beyond its edges (:class:`WindowConfig`).
 PADDINGS = ("minimum", "zero")
@@ -32,7 +30,7 @@ Predictor = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
-class WindowConfig:
+class WindowConfig(ModelSettings):
     """Sliding-window inference settings (SPEC §9).
 
     Parameters
@@ -66,13 +64,6 @@ class WindowConfig:
             raise ParameterError("WindowConfig: need 0 <= overlap < 1, sigma_scale > 0, sw_batch_size >= 1")
         if self.padding not in PADDINGS:
             raise ParameterError(f"WindowConfig: padding must be one of {PADDINGS}, got {self.padding!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> WindowConfig:
-        return dataclass_from_dict(cls, data)
 
 
 def flip_tta(predictor: Predictor, flips: Sequence[tuple[int, ...]] = FLIP_DIMS) -> Predictor:

@@ -30,7 +30,6 @@ Sizes are configuration: tests build the same classes with channels (4, 8).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +40,7 @@ from monai.networks.nets import UNet
 from torch import nn
 
 from ..errors import ParameterError
+from ..serialise import ModelSettings
 
 #: Class names per class set (SPEC §8).  The lesion is the last class of every set.
 CLASS_SETS: dict[str, tuple[str, ...]] = {
@@ -63,20 +63,8 @@ def _check_channels(channels: tuple[int, ...], strides: tuple[int, ...], what: s
         raise ParameterError(f"{what}: strides must be {len(channels) - 1} positive integers, got {strides}")
 
 
-def _from_dict(cls: type, data: Mapping[str, Any]) -> Any:
-    """Build a config dataclass from a dict, refusing unknown keys (lists become tuples)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ParameterError(f"{cls.__name__}: unknown keys {unknown}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-    if "scales" in values:
-        values["scales"] = dict(values["scales"])
-    return cls(**values)
-
-
 @dataclass(frozen=True)
-class SegmenterConfig:
+class SegmenterConfig(ModelSettings):
     """Lesion segmentation U-Net (SPEC §8).
 
     Parameters
@@ -144,16 +132,9 @@ class SegmenterConfig:
         """Channel index of the lesion class."""
         return self.class_names.index("lesion")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SegmenterConfig:
-        return _from_dict(cls, data)
-
 
 @dataclass(frozen=True)
-class EstimatorConfig:
+class EstimatorConfig(ModelSettings):
     """qATLAS estimator U-Net (SPEC §7): one MPRAGE in, PD/R1/R2*/MT maps out.
 
     Parameters
@@ -202,16 +183,9 @@ class EstimatorConfig:
         """Names of the output channels, in order."""
         return ESTIMATOR_MAPS
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> EstimatorConfig:
-        return _from_dict(cls, data)
-
 
 @dataclass(frozen=True)
-class MWFNetConfig:
+class MWFNetConfig(ModelSettings):
     """CNN myelin-water-fraction estimator (SPEC §14).
 
     Parameters
@@ -248,13 +222,6 @@ class MWFNetConfig:
     @property
     def map_names(self) -> tuple[str, ...]:
         return ("mwf",)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> MWFNetConfig:
-        return _from_dict(cls, data)
 
 
 class MWFNet(nn.Module):

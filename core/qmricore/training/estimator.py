@@ -159,7 +159,7 @@ class EstimatorSampler:
         them, so a crop costs what a crop costs and the maps are sharp at tissue borders.  The loss mask is
         every tissue but air and compact bone (:data:`UNMEASURED`), whose R2* no MPRAGE can tell from air.
         """
-        from ..generators.augment import apply_spatial, draw_augment, sampling_grid
+        from ..generators.augment import apply_spatial, draw_augment
         from ..generators.qsynth import apply_maps, draw_maps
 
         if self.data.labels is None:
@@ -170,7 +170,7 @@ class EstimatorSampler:
         aug = draw_augment(tuple(labels.shape), self._augment_config, int(rng.integers(0, 2**62)),
                            focus=self._brain_box(labels))
         background = self.priors.background_label
-        cropped = apply_spatial(labels - background, aug.spatial, grid=sampling_grid(aug.spatial, labels.device))
+        cropped = apply_spatial(labels - background, aug.spatial)
         draw = draw_maps(self.priors, torch.Generator().manual_seed(int(rng.integers(0, 2**62))))
         cropped = cropped + background
         unmeasured = [self.priors.label_of(n) for n in UNMEASURED if n in self.priors.names]
@@ -178,7 +178,7 @@ class EstimatorSampler:
         return apply_maps(cropped, self.priors, draw), aug, measured
 
     def sample(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from ..generators.augment import apply_intensity, apply_spatial, sampling_grid
+        from ..generators.augment import apply_intensity, apply_spatial_keyed
         from ..generators.qsynth import draw_qatlas_mprage
         from ..physics import rescale_field_strength, simulate
 
@@ -191,9 +191,8 @@ class EstimatorSampler:
         mask = maps["pd"] > 0 if mask is None else mask
         targets = torch.stack([maps[k] for k in ESTIMATOR_MAPS] + [mask.to(maps["pd"].dtype)]).to(torch.float32)
         if self.data.labels is None:  # map sets: the spatial augmentation follows the simulation
-            grid = sampling_grid(aug.spatial, image.device)
-            image = apply_spatial(image, aug.spatial, grid=grid)
-            targets = apply_spatial(targets, aug.spatial, grid=grid)
+            moved = apply_spatial_keyed({"image": image, "targets": targets}, aug.spatial)
+            image, targets = moved["image"], moved["targets"]
             targets[4] = (targets[4] > 0.5).to(targets.dtype)
         image = apply_intensity(image, aug.intensity, foreground=targets[4] > 0)
         image = normalise(image, self.preprocessing)
