@@ -382,7 +382,7 @@ def test_fit_priors_reports_classes_without_voxels(scratch: Path, capsys: pytest
     status, _, err = _run(["fit-priors", "--maps", str(scratch / "same"), "--labels",
                            str(scratch / "same" / "sample_labels.nii.gz"), "--out", str(out)], capsys)
     assert status == 0 and out.is_file()
-    assert "no voxels in any label map for class(es): gm_wm_pv, lesion" in err
+    assert "no voxels in any label map for class(es): gm_wm_pv, lesion, ventricles" in err
     shutil.rmtree(out.parent)
 
 
