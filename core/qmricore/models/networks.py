@@ -41,6 +41,7 @@ from monai.networks.nets import UNet
 from torch import nn
 
 from ..errors import ParameterError
+from ..ldm.models import LDMMasksConfig, build_ldm_masks
 
 #: Class names per class set (SPEC §8).  The lesion is the last class of every set.
 CLASS_SETS: dict[str, tuple[str, ...]] = {
@@ -417,12 +418,13 @@ def build_mwf_net(config: MWFNetConfig) -> MWFNet:
     return MWFNet(config)
 
 
-NetworkConfig = SegmenterConfig | EstimatorConfig | MWFNetConfig
+NetworkConfig = SegmenterConfig | EstimatorConfig | MWFNetConfig | LDMMasksConfig
 #: Model-file kind -> (config class, builder).
 NETWORK_KINDS: dict[str, tuple[type, Any]] = {
     "segmenter": (SegmenterConfig, build_segmenter),
     "estimator": (EstimatorConfig, build_estimator),
     "mwf": (MWFNetConfig, build_mwf_net),
+    "ldm_masks": (LDMMasksConfig, build_ldm_masks),  # qmricore.ldm: autoencoder + latent diffusion (SPEC §14)
 }
 
 
