@@ -99,10 +99,11 @@ class LDMMasksConfig:
         if any(c < 1 or c % self.norm_num_groups for c in channels):
             raise ParameterError(f"LDMMasksConfig: norm_num_groups {self.norm_num_groups} must divide every channel "
                                  f"count {list(channels)}")
-        for c, attend in zip(self.unet_channels, self.unet_attention, strict=True):
-            if attend and c % self.num_head_channels:
+        attended = [c for c, a in zip(self.unet_channels, self.unet_attention, strict=True) if a]
+        for c in [*attended, self.unet_channels[-1]]:  # the UNet's middle block always attends
+            if self.num_head_channels < 1 or c % self.num_head_channels:
                 raise ParameterError(f"LDMMasksConfig: num_head_channels {self.num_head_channels} must divide the "
-                                     f"attention level's {c} channels")
+                                     f"{c} channels of an attention level (and of the last level)")
         factor = self.downsampling * 2 ** (len(self.unet_channels) - 1)
         if any(s % factor for s in self.shape):
             raise ParameterError(f"LDMMasksConfig: shape {list(self.shape)} must be a multiple of {factor} on every "

@@ -15,9 +15,9 @@ A config file is a JSON object::
 ``"task": "estimator"`` uses :class:`~qmricore.models.networks.EstimatorConfig`, :class:`EstimatorDataConfig`
 and :class:`EstimatorLossConfig` instead; ``"task": "mwf"`` :class:`~qmricore.models.networks.MWFNetConfig`,
 :class:`MWFDataConfig` and :class:`MWFLossConfig`; ``"task": "ldm_masks"`` (:mod:`qmricore.ldm`)
-:class:`~qmricore.ldm.models.LDMMasksConfig`, :class:`LDMMasksDataConfig` and :class:`LDMMasksLossConfig`.  Missing keys take the defaults below; unknown keys are an
-error (a typo must not silently fall back to a default).  Relative paths in ``data`` are resolved
-against the folder of the config file.
+:class:`~qmricore.ldm.models.LDMMasksConfig`, :class:`LDMMasksDataConfig` and :class:`LDMMasksLossConfig`.
+Missing keys take the defaults below; unknown keys are an error (a typo must not silently fall back to a default).
+Relative paths in ``data`` are resolved against the folder of the config file.
 """
 
 from __future__ import annotations
