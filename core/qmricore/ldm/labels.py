@@ -42,14 +42,14 @@ _AS = {"lesion": "wm"}  # classes of the priors that the LDM counts as another
 ICV_CLASSES = ("gm", "wm", "gm_wm_pv", "csf", "ventricles", "lesion")
 
 
-def ventricle_mask(labels: np.ndarray, priors: Any, erode: int = 1, central: float = 0.35) -> np.ndarray:
+def ventricle_mask(labels: np.ndarray, priors: Any, erode: int = 1, central: float = 0.7) -> np.ndarray:
     """Ventricular CSF of a label map (priors' label values): the deep, central, thick parts of the CSF.
 
     1. The CSF is eroded by ``erode`` voxels: the thin CSF of sulci and the narrow channels through which the
        ventricles meet the outer CSF in a template (foramina, choroid fissure, partial volume) vanish.
     2. Components of what is left that touch the border of the intracranial volume (2 voxels deep), that have
-       fewer than 8 voxels, or whose centre lies outside the central ``central`` fraction (each way) of the
-       intracranial volume's bounding box are dropped: cisterns and the deep Sylvian CSF go with them.
+       fewer than 8 voxels, or whose centre lies outside the central ``central`` fraction of the intracranial
+       volume's bounding box on some axis are dropped: cisterns and the deep Sylvian CSF go with them.
     3. The kept cores are grown back by ``erode`` voxels inside the CSF (geodesic dilation).  This opening loses
        the corners of a digital ball: 6 % of two 9-voxel-wide ventricles in the tests.
     Voxels already labelled ``ventricles`` are kept.
@@ -70,7 +70,7 @@ def ventricle_mask(labels: np.ndarray, priors: Any, erode: int = 1, central: flo
     mid, half = (lo + hi) / 2, np.maximum((hi - lo) / 2, 1)
     for k in np.flatnonzero(keep):
         centre = np.array(ndimage.center_of_mass(comps == k))
-        keep[k] = bool(np.all(np.abs(centre - mid) <= central * half * 2))
+        keep[k] = bool(np.all(np.abs(centre - mid) <= central * half))
     vent = keep[comps]
     if erode:
         vent = ndimage.binary_dilation(vent, iterations=erode, mask=csf)
