@@ -78,7 +78,7 @@ def sidecar(classes: np.ndarray, affine: np.ndarray, request: SampleRequest, ind
     return {"index": index, "classes": class_table(priors),
             "condition": {"ventricle_ml": request.ventricle_ml, "relative": request.ventricle_ml / reference_ml},
             "measured_ventricle_ml": round(ventricle_ml(classes, affine), 4),
-            "voxel_mm": float(abs(np.linalg.det(affine[:3, :3])) ** (1 / 3)),
+            "voxel_mm": round(float(abs(np.linalg.det(affine[:3, :3])) ** (1 / 3)), 6),
             "seed": request.seed, "guidance": request.guidance, "steps": request.steps, "model": str(model_path)}
 
 
