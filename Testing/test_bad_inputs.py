@@ -27,6 +27,7 @@ import pytest
 
 from qmricore.cli import COMMANDS, main
 from qmricore.inference.window import WindowConfig
+from qmricore.ldm.images import LDMImagesConfig, build_ldm_images
 from qmricore.ldm.models import LDMMasksConfig, build_ldm_masks
 from qmricore.models.model_file import save_model
 from qmricore.models.networks import (
@@ -85,6 +86,9 @@ def _scratch(root: Path) -> Path:
                          unet_attention=(False, False), num_head_channels=4, norm_num_groups=4, context_dim=4)
     save_model(root / "LDM.pt", build_ldm_masks(ldm), ldm, training={"stage": "diffusion"})
     save_model(root / "LDM_ae.pt", build_ldm_masks(ldm), ldm, training={"stage": "autoencoder"})
+    ldmi = LDMImagesConfig(shape=(16, 16, 16), spacing_mm=4.0, ae_channels=(4, 4), unet_channels=(4, 4),
+                           unet_attention=(False, False), num_head_channels=4, norm_num_groups=4, spade_channels=4)
+    save_model(root / "LDMI.pt", build_ldm_images(ldmi), ldmi, training={"stage": "diffusion"})
     (root / "somefile").write_text("not a folder\n")
     (root / "images").mkdir()
     (root / "reallabels").mkdir()
@@ -329,6 +333,12 @@ CASES: dict[str, dict[str, Case]] = {
                                 "unknown preset 'nope'"),
         "output under a file": _case("ldm sample --model {root}/LDM.pt --ventricle-ml 30 --out {root}/somefile/g",
                                      "somefile is a file"),
+        "images of another kind": _case("ldm sample --model {root}/LDM.pt --ventricle-ml 30 --images {root}/M.pt "
+                                        "--out {root}/g", "M.pt: a model of kind 'segmenter', not an image generator"),
+        "images on another grid": _case("ldm sample --model {root}/LDM.pt --ventricle-ml 30 --images {root}/LDMI.pt "
+                                        "--out {root}/g", "LDMI.pt: image generator's grid [16, 16, 16] x 4 mm"),
+        "train-images: wrong task": _case("ldm train-images --config {root}/ldm.json --out {root}/run",
+                                          "config is for task 'ldm_masks', not 'ldm_images'"),
         "train: output under a file": _case("ldm train-masks --config {root}/ldm.json --out {root}/somefile/run",
                                             "somefile is a file"),
         "train: wrong task": _case("ldm train-masks --config {root}/mwf.json --out {root}/run", "not 'ldm_masks'"),

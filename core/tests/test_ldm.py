@@ -298,3 +298,56 @@ def test_two_stages_train_resume_exactly_and_sample_through_the_cli(anatomy: Pat
     image = np.asarray(nib.load(str(out / "sample_0001_image.nii.gz")).dataobj)
     assert image.shape == (16, 16, 16) and np.isfinite(image).all()
     assert math.isfinite(info["measured_ventricle_ml"])
+
+
+# -- the SPADE image generator (item 3) --------------------------------------------------------------------------
+
+TINY_IMAGES = {"shape": [16, 16, 16], "spacing_mm": 4.0, "preset": "T1 SPGR", "ae_channels": [8, 8],
+               "unet_channels": [8, 8], "unet_attention": [False, True], "num_head_channels": 8, "norm_num_groups": 4,
+               "spade_channels": 8}
+
+
+def test_image_autoencoder_round_trip_and_spade_unet_shapes() -> None:
+    from qmricore.ldm.images import LDMImagesConfig, build_ldm_images, sample_image
+
+    torch.manual_seed(0)
+    model = build_ldm_images(LDMImagesConfig.from_dict(TINY_IMAGES))
+    onehot = _onehot(np.random.default_rng(0).integers(0, 6, (2, 16, 16, 16)))
+    image = torch.rand(2, 1, 16, 16, 16)
+    z = model.encode(image)
+    assert z.shape == (2, 3, 8, 8, 8) and model.decode(z, onehot).shape == image.shape
+    assert model.eps(z, torch.tensor([1, 2]), onehot).shape == z.shape
+    model.freeze_for("autoencoder")
+    assert model(torch.cat([image, onehot], 1)).shape == (2, 16**3 + 1)
+    a = sample_image(model.eval(), onehot[:1], seed=2, index=0, steps=3)
+    assert a.shape == (16, 16, 16) and np.array_equal(a, sample_image(model, onehot[:1], seed=2, index=0, steps=3))
+    other = onehot[:1].roll(3, dims=2)  # the label map conditions the image
+    assert not np.allclose(a, sample_image(model, other, seed=2, index=0, steps=3))
+
+
+def test_image_generator_trains_both_stages_and_sample_writes_its_images(anatomy: Path, capsys) -> None:
+    from qmricore.training.config import load_config
+    from qmricore.training.ldm import train_ldm_images, train_ldm_masks
+
+    def config(stage: str, **data: object) -> Path:
+        path = anatomy / f"img_{stage}.json"
+        path.write_text(json.dumps({"task": "ldm_images", "network": TINY_IMAGES,
+                                    "data": {"labels": str(anatomy / "labels"), **data}, "loss": {"stage": stage},
+                                    "loop": {"iterations": 2, "checkpoint_every": 2, "log_every": 1, "seed": 2}}))
+        return path
+
+    ae = train_ldm_images(load_config(config("autoencoder")), anatomy / "img_ae", device="cpu", progress=False)
+    images = train_ldm_images(load_config(config("diffusion", autoencoder=str(ae))), anatomy / "img", device="cpu",
+                              progress=False)
+    masks = anatomy / "masks_for_images"
+    train_ldm_masks(load_config(_config(anatomy, "autoencoder", 1)), masks / "ae", device="cpu", progress=False)
+    diff = train_ldm_masks(load_config(_config(anatomy, "diffusion", 1, autoencoder=str(masks / "ae" / "model.pt"))),
+                           masks / "diff", device="cpu", progress=False)
+    out = anatomy / "with_images"
+    status = main(["ldm", "sample", "--model", str(diff), "--images", str(images), "--ventricle-ml", "5",
+                   "--steps", "2", "--out", str(out)])
+    assert status == 0, capsys.readouterr().err
+    info = json.loads((out / "sample_0000.json").read_text())
+    assert info["image"]["preset"] == "T1 SPGR"
+    image = np.asarray(nib.load(str(out / "sample_0000_image.nii.gz")).dataobj)
+    assert image.shape == (16, 16, 16) and np.isfinite(image).all()

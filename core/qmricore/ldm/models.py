@@ -246,9 +246,10 @@ def build_ldm_masks(config: LDMMasksConfig) -> LDMMasks:
     return LDMMasks(config)
 
 
-def latent_scale(model: LDMMasks, onehot: torch.Tensor) -> float:
-    """``1 / std`` of the unscaled latents of ``onehot`` (the LDM convention: unit-variance latents)."""
+def latent_scale(model: nn.Module, inputs: torch.Tensor) -> float:
+    """``1 / std`` of the unscaled latents of ``inputs`` (the LDM convention: unit-variance latents); ``model`` is
+    either generator (anything with an ``autoencoder.encode``)."""
     with torch.no_grad():
-        z_mu, _ = model.autoencoder.encode(onehot)
+        z_mu, _ = model.autoencoder.encode(inputs)
     std = float(z_mu.std())
     return 1.0 / std if std > 0 and math.isfinite(std) else 1.0

@@ -15,7 +15,9 @@ A config file is a JSON object::
 ``"task": "estimator"`` uses :class:`~qmricore.models.networks.EstimatorConfig`, :class:`EstimatorDataConfig`
 and :class:`EstimatorLossConfig` instead; ``"task": "mwf"`` :class:`~qmricore.models.networks.MWFNetConfig`,
 :class:`MWFDataConfig` and :class:`MWFLossConfig`; ``"task": "ldm_masks"`` (:mod:`qmricore.ldm`)
-:class:`~qmricore.ldm.models.LDMMasksConfig`, :class:`LDMMasksDataConfig` and :class:`LDMMasksLossConfig`.
+:class:`~qmricore.ldm.models.LDMMasksConfig`, :class:`LDMMasksDataConfig` and :class:`LDMMasksLossConfig`;
+``"task": "ldm_images"`` :class:`~qmricore.ldm.images.LDMImagesConfig`, :class:`LDMMasksDataConfig` and
+:class:`LDMImagesLossConfig`.
 Missing keys take the defaults below; unknown keys are an error (a typo must not silently fall back to a default).
 Relative paths in ``data`` are resolved against the folder of the config file.
 """
@@ -33,10 +35,11 @@ from typing import Any
 
 from ..errors import InputError, ParameterError
 from ..generators.qsynth import TRAINING_SEQUENCES
+from ..ldm.images import LDMImagesConfig
 from ..ldm.models import STAGES, LDMMasksConfig
 from ..models.networks import EstimatorConfig, MWFNetConfig, SegmenterConfig
 
-TASKS = ("seg", "estimator", "mwf", "ldm_masks")
+TASKS = ("seg", "estimator", "mwf", "ldm_masks", "ldm_images")
 SEG_MODES = ("real", "qsynth", "synth", "qatlas")
 
 
@@ -446,6 +449,39 @@ class LDMMasksTrainConfig:
             raise ParameterError("data: stage 'diffusion' needs 'autoencoder', the model file of the autoencoder stage")
 
 
+@dataclass(frozen=True)
+class LDMImagesLossConfig:
+    """What an image-generator run trains: ``"autoencoder"`` (L1 + ``kl_weight`` · KL) or ``"diffusion"`` (MSE of
+    the noise on frozen-autoencoder latents, every step conditioned on the label map)."""
+
+    stage: str = "autoencoder"
+    kl_weight: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ParameterError(f"loss: stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
+        if self.kl_weight < 0:
+            raise ParameterError("loss: kl_weight must be >= 0")
+
+
+@dataclass(frozen=True)
+class LDMImagesTrainConfig:
+    """Everything an image-generator training run needs (``task = "ldm_images"``): one stage per run.  The data are
+    the mask generator's training label maps (:class:`LDMMasksDataConfig`; ``autoencoder`` is then this generator's
+    first stage), each rendered with a new qSynth subject and ``network.preset``."""
+
+    network: LDMImagesConfig = field(default_factory=LDMImagesConfig)
+    data: LDMMasksDataConfig = field(default_factory=lambda: LDMMasksDataConfig(labels="labels"))
+    loss: LDMImagesLossConfig = field(default_factory=LDMImagesLossConfig)
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=1e-4, poly_power=0.0))
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(iterations=2000, batch_size=2, checkpoint_every=250))
+    task: str = "ldm_images"
+
+    def __post_init__(self) -> None:
+        if self.loss.stage == "diffusion" and not self.data.autoencoder:
+            raise ParameterError("data: stage 'diffusion' needs 'autoencoder', the model file of the autoencoder stage")
+
+
 def check_patch(patch: tuple[int, ...] | None, strides: Any) -> None:
     """A training patch must be a multiple of the network's total stride on every axis (else the U-Net's
     output does not match its target)."""
@@ -460,16 +496,17 @@ def check_patch(patch: tuple[int, ...] | None, strides: Any) -> None:
                              f"{multiple} on every axis (e.g. {example})")
 
 
-TrainConfig = SegTrainConfig | EstimatorTrainConfig | MWFTrainConfig | LDMMasksTrainConfig
+TrainConfig = SegTrainConfig | EstimatorTrainConfig | MWFTrainConfig | LDMMasksTrainConfig | LDMImagesTrainConfig
 
 _SECTIONS = {
     "seg": {"network": SegmenterConfig, "data": SegDataConfig, "loss": SegLossConfig},
     "estimator": {"network": EstimatorConfig, "data": EstimatorDataConfig, "loss": EstimatorLossConfig},
     "mwf": {"network": MWFNetConfig, "data": MWFDataConfig, "loss": MWFLossConfig},
     "ldm_masks": {"network": LDMMasksConfig, "data": LDMMasksDataConfig, "loss": LDMMasksLossConfig},
+    "ldm_images": {"network": LDMImagesConfig, "data": LDMMasksDataConfig, "loss": LDMImagesLossConfig},
 }
 _TRAIN_CONFIGS = {"seg": SegTrainConfig, "estimator": EstimatorTrainConfig, "mwf": MWFTrainConfig,
-                  "ldm_masks": LDMMasksTrainConfig}
+                  "ldm_masks": LDMMasksTrainConfig, "ldm_images": LDMImagesTrainConfig}
 #: Path-valued keys per section, resolved against the config file's folder.
 _PATH_KEYS = {"data": ("labels", "real_images", "real_labels", "map_sets", "estimator", "mprage", "priors",
                        "autoencoder"),

@@ -1,4 +1,4 @@
-"""Mask-generator training (SPEC §14, seed 002; docs/ldm.md): two stages through the shared loop.
+"""Mask- and image-generator training (SPEC §14, seed 002; docs/ldm.md): two stages each, through the shared loop.
 
 One run trains one stage (``loss.stage``), so each stage has its own output folder, checkpoint, log and model file,
 and resumes on its own:
@@ -14,6 +14,11 @@ and resumes on its own:
 
 Sample ``k`` (a pure function of ``(loop.seed, k)``) is :meth:`qmricore.ldm.labels.MaskSet.sample`; the noise,
 timestep and null draws of the diffusion stage come from torch's generator, which the loop seeds and checkpoints.
+
+The image generator (:mod:`qmricore.ldm.images`, ``task = "ldm_images"``) trains the same two stages on the same
+label maps, each rendered as a qSynth image of ``network.preset`` with a new subject (maps seeded from the
+sample's seed) and normalised (:func:`~qmricore.ldm.images.normalise_image`): the autoencoder with L1 + KL, then the
+SPADE UNet on its frozen latents, conditioned on the label map.
 """
 
 from __future__ import annotations
@@ -91,14 +96,14 @@ def diffusion_loss(outputs: torch.Tensor, targets: torch.Tensor, step: int) -> t
     return mse, {"mse": float(mse.detach())}
 
 
-def load_autoencoder(path: str | os.PathLike[str], model: LDMMasks) -> None:
-    """Copy the autoencoder weights of the ``ldm_masks`` model file ``path`` into ``model`` (they must fit)."""
+def load_autoencoder(path: str | os.PathLike[str], model: torch.nn.Module, kind: str = "ldm_masks") -> None:
+    """Copy the autoencoder weights of the ``kind`` model file ``path`` into ``model`` (they must fit)."""
     from ..models.model_file import load_model
 
     source = load_model(path)
-    if source.meta.kind != "ldm_masks":
-        raise InputError(f"data.autoencoder: a model of kind {source.meta.kind!r}, not a mask generator "
-                         "('ldm_masks')", path)
+    if source.meta.kind != kind:
+        what = "a mask generator" if kind == "ldm_masks" else "an image generator"
+        raise InputError(f"data.autoencoder: a model of kind {source.meta.kind!r}, not {what} ({kind!r})", path)
     try:
         model.autoencoder.load_state_dict(source.network.autoencoder.state_dict(), strict=True)
     except RuntimeError as error:
@@ -143,4 +148,74 @@ def train_ldm_masks(
     info = {"task": "ldm_masks", "stage": stage, "iterations": config.loop.iterations, "seed": config.loop.seed,
             "autoencoder": config.data.autoencoder, "config": config_to_dict(config)}
     return train_with_config(config, out_dir, sampler, build_model=build_model, loss=loss, classes=LDM_CLASSES,
+                             info=info, resume=resume, device=device, progress=progress)
+
+
+class ImageSampler(MaskSampler):
+    """Training samples of the image generator: ``batch(indices) -> ([image, one-hot] (B, 1 + C, X, Y, Z), image
+    (B, 1, X, Y, Z))``."""
+
+    def sample(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from ..datasets import sample_seed
+        from ..ldm.images import normalise_image
+        from ..ldm.labels import to_labels
+        from ..ldm.sample import render
+
+        onehot, classes = super().sample(index)
+        labels = to_labels(classes.numpy(), self.mask_set.priors)
+        image, _ = render(labels, self.config.network.preset, sample_seed(self.config.loop.seed, index) % 2**31,
+                          self.mask_set.priors)
+        image = torch.from_numpy(normalise_image(image, classes.numpy() > 0))[None]
+        return torch.cat([image, onehot]), image
+
+
+def image_autoencoder_loss(kl_weight: float) -> Any:
+    """L1 of the reconstruction + ``kl_weight`` · KL on the packed outputs of
+    :class:`~qmricore.ldm.images.LDMImages`."""
+
+    def loss(outputs: torch.Tensor, targets: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        recon = outputs[:, :-1].reshape(targets.shape)
+        kl = outputs[:, -1].mean()
+        l1 = (recon - targets).abs().mean()
+        return l1 + kl_weight * kl, {"l1": float(l1.detach()), "kl": float(kl.detach())}
+
+    return loss
+
+
+def train_ldm_images(
+    config: Any,
+    out_dir: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train (or resume) one stage of the image generator; returns ``out_dir/model.pt``."""
+    from ..ldm.images import build_ldm_images
+    from .loop import resolve_device, seed_everything, train_with_config
+
+    device = resolve_device(device)
+    stage = config.loss.stage
+    sampler = ImageSampler(config)
+    prepared: dict[str, Any] = {}
+    if stage == "diffusion":
+        seed_everything(config.loop.seed)
+        probe = build_ldm_images(config.network)
+        load_autoencoder(config.data.autoencoder, probe, kind="ldm_images")
+        sampler.check_data()
+        images = sampler.batch(list(CALIBRATION))[0][:, :1]
+        prepared = {"autoencoder": probe.autoencoder.state_dict(), "scale": latent_scale(probe, images)}
+
+    def build_model() -> torch.nn.Module:
+        model = build_ldm_images(config.network)
+        if prepared:
+            model.autoencoder.load_state_dict(prepared["autoencoder"])
+            model.scale_factor.fill_(prepared["scale"])
+        model.freeze_for(stage)
+        return model
+
+    loss = image_autoencoder_loss(config.loss.kl_weight) if stage == "autoencoder" else diffusion_loss
+    info = {"task": "ldm_images", "stage": stage, "iterations": config.loop.iterations, "seed": config.loop.seed,
+            "autoencoder": config.data.autoencoder, "preset": config.network.preset, "config": config_to_dict(config)}
+    return train_with_config(config, out_dir, sampler, build_model=build_model, loss=loss, classes=("image",),
                              info=info, resume=resume, device=device, progress=progress)
