@@ -27,6 +27,8 @@ import pytest
 
 from qmricore.cli import COMMANDS, main
 from qmricore.inference.window import WindowConfig
+from qmricore.ldm.images import LDMImagesConfig, build_ldm_images
+from qmricore.ldm.models import LDMMasksConfig, build_ldm_masks
 from qmricore.models.model_file import save_model
 from qmricore.models.networks import (
     EstimatorConfig,
@@ -80,6 +82,13 @@ def _scratch(root: Path) -> Path:
     for name, n_echoes in (("W.pt", 8), ("W16.pt", 16)):  # CNN MWF models; me.nii.gz has 8 echoes
         config = MWFNetConfig(n_echoes=n_echoes, te=0.01, width=4, context_layers=1, voxel_layers=0)
         save_model(root / name, build_mwf_net(config), config, inference=window)
+    ldm = LDMMasksConfig(shape=(8, 8, 8), spacing_mm=4.0, ae_channels=(4, 4), unet_channels=(4, 4),
+                         unet_attention=(False, False), num_head_channels=4, norm_num_groups=4, context_dim=4)
+    save_model(root / "LDM.pt", build_ldm_masks(ldm), ldm, training={"stage": "diffusion"})
+    save_model(root / "LDM_ae.pt", build_ldm_masks(ldm), ldm, training={"stage": "autoencoder"})
+    ldmi = LDMImagesConfig(shape=(16, 16, 16), spacing_mm=4.0, ae_channels=(4, 4), unet_channels=(4, 4),
+                           unet_attention=(False, False), num_head_channels=4, norm_num_groups=4, spade_channels=4)
+    save_model(root / "LDMI.pt", build_ldm_images(ldmi), ldmi, training={"stage": "diffusion"})
     (root / "somefile").write_text("not a folder\n")
     (root / "images").mkdir()
     (root / "reallabels").mkdir()
@@ -106,6 +115,15 @@ def _scratch(root: Path) -> Path:
            "loop": {"iterations": 1, "checkpoint_every": 100, "log_every": 1, "seed": 1}}
     (root / "mwf.json").write_text(json.dumps(mwf))
     (root / "mwf_soft.json").write_text(json.dumps({**mwf, "data": {"labels": str(root / "softlabels")}}))
+    ldm_config = {"task": "ldm_masks", "data": {"labels": str(same / "sample_labels.nii.gz")},
+                  "network": {"shape": [8, 8, 8], "ae_channels": [4, 4], "unet_channels": [4, 4],
+                              "unet_attention": [False, False], "num_head_channels": 4, "norm_num_groups": 4,
+                              "context_dim": 4},
+                  "loop": {"iterations": 1, "checkpoint_every": 100, "log_every": 1, "seed": 1}}
+    (root / "ldm.json").write_text(json.dumps(ldm_config))
+    (root / "ldm_diff.json").write_text(json.dumps({**ldm_config, "loss": {"stage": "diffusion"},
+                                                    "data": {**ldm_config["data"], "autoencoder": str(root / "M.pt")}}))
+    (root / "ldm_nodiff.json").write_text(json.dumps({**ldm_config, "loss": {"stage": "diffusion"}}))
     os.symlink(same / "sample_R1.nii.gz", root / "link_R1.nii.gz")
     return root
 
@@ -294,6 +312,40 @@ CASES: dict[str, dict[str, Case]] = {
                                  "all_zero.nii.gz: label map is empty (background only)"),
         "output under a file": _case("synthmap --labels {root}/same/sample_labels.nii.gz --out {root}/somefile/sm",
                                      "somefile is a file"),
+    },
+    "ldm": {
+        "missing model file": _case("ldm sample --model {root}/nope.pt --ventricle-ml 30 --out {root}/g",
+                                    "nope.pt: model file not found"),
+        "wrong model kind": _case("ldm sample --model {root}/M.pt --ventricle-ml 30 --out {root}/g",
+                                  "M.pt: a model of kind 'segmenter', not a mask generator ('ldm_masks')"),
+        "autoencoder stage only": _case("ldm sample --model {root}/LDM_ae.pt --ventricle-ml 30 --out {root}/g",
+                                        "LDM_ae.pt: holds the autoencoder stage only"),
+        "ventricle-ml 0": _case("ldm sample --model {root}/LDM.pt --ventricle-ml 0 --out {root}/g",
+                                "--ventricle-ml must be > 0 mL"),
+        "ventricle-ml negative": _case("ldm sample --model {root}/LDM.pt --ventricle-ml -5 --out {root}/g",
+                                       "--ventricle-ml must be > 0 mL"),
+        "n 0": _case("ldm sample --model {root}/LDM.pt --ventricle-ml 30 -n 0 --out {root}/g", "-n must be >= 1"),
+        "guidance negative": _case("ldm sample --model {root}/LDM.pt --ventricle-ml 30 --guidance -1 --out {root}/g",
+                                   "--guidance must be >= 0"),
+        "steps 0": _case("ldm sample --model {root}/LDM.pt --ventricle-ml 30 --steps 0 --out {root}/g",
+                         "--steps must be >= 1"),
+        "unknown preset": _case("ldm sample --model {root}/LDM.pt --ventricle-ml 30 --render nope --out {root}/g",
+                                "unknown preset 'nope'"),
+        "output under a file": _case("ldm sample --model {root}/LDM.pt --ventricle-ml 30 --out {root}/somefile/g",
+                                     "somefile is a file"),
+        "images of another kind": _case("ldm sample --model {root}/LDM.pt --ventricle-ml 30 --images {root}/M.pt "
+                                        "--out {root}/g", "M.pt: a model of kind 'segmenter', not an image generator"),
+        "images on another grid": _case("ldm sample --model {root}/LDM.pt --ventricle-ml 30 --images {root}/LDMI.pt "
+                                        "--out {root}/g", "LDMI.pt: image generator's grid [16, 16, 16] x 4 mm"),
+        "train-images: wrong task": _case("ldm train-images --config {root}/ldm.json --out {root}/run",
+                                          "config is for task 'ldm_masks', not 'ldm_images'"),
+        "train: output under a file": _case("ldm train-masks --config {root}/ldm.json --out {root}/somefile/run",
+                                            "somefile is a file"),
+        "train: wrong task": _case("ldm train-masks --config {root}/mwf.json --out {root}/run", "not 'ldm_masks'"),
+        "train: diffusion without autoencoder": _case("ldm train-masks --config {root}/ldm_nodiff.json --out "
+                                                      "{root}/run", "stage 'diffusion' needs 'autoencoder'"),
+        "train: autoencoder of another kind": _case("ldm train-masks --config {root}/ldm_diff.json --out {root}/run",
+                                                    "M.pt: data.autoencoder: a model of kind 'segmenter'"),
     },
     "evaluate": {
         "multi-label masks": _case("evaluate --pred {root}/multi --truth {root}/binary --out {root}/r.csv",
@@ -488,6 +540,7 @@ PERMISSION_CASES = {
     "estimate": "estimate --model {root}/E.pt --input {root}/same/flair.nii.gz --out {root}/ro/e",
     "demo": "demo --out {root}/ro/d",
     "synthmap": "synthmap --labels {root}/same/sample_labels.nii.gz --out {root}/ro/sm --echoes 4",
+    "ldm": "ldm sample --model {root}/LDM.pt --ventricle-ml 30 --steps 1 --out {root}/ro/g",
 }
 
 

@@ -15,13 +15,13 @@ from qmricore.generators import HYPER, PARAMETERS, TissuePriors, default_priors_
 from qmricore.generators.priors import OPTIONAL_PARAMETERS, SINGLE_SUBJECT_FRACTION
 
 CLASSES = ("background", "gm", "wm", "gm_wm_pv", "csf", "non_brain", "lesion",
-           "dura", "skull", "marrow", "muscle", "fat", "eye")
+           "dura", "skull", "marrow", "muscle", "fat", "eye", "ventricles")
 ALL_MAPS = PARAMETERS + OPTIONAL_PARAMETERS
 
 
 def test_shipped_priors_follow_the_class_convention_and_cite_every_number():
     p = load_priors()
-    assert p.names == CLASSES and p.labels == tuple(range(13)) and p.field_strength == 3.0
+    assert p.names == CLASSES and p.labels == tuple(range(14)) and p.field_strength == 3.0
     assert p.parameters == ALL_MAPS  # R2 for every class: spin-echo contrast does not fall back to R2*
     raw = json.loads(default_priors_path().read_text())
     for entry in raw["classes"]:

@@ -233,7 +233,7 @@ def test_integral_float_hard_labels_are_accepted():
         (torch.zeros((8, 8, 8), dtype=torch.long), "label map is empty"),
         (torch.full((8, 8, 8), 99, dtype=torch.long), "unknown label value(s) [99]"),
         (torch.full((8, 8, 8), 0.5), "non-integer values"),
-        (torch.full((13, 8, 8, 8), 0.2), "soft label map does not sum to one"),
+        (torch.full((load_priors().n_classes, 8, 8, 8), 0.2), "soft label map does not sum to one"),
         (torch.full((3, 8, 8, 8), 1 / 3), "soft label map has 3 channels"),
         (torch.zeros((8, 8), dtype=torch.long), "must be 3D integer labels"),
         (-torch.ones((8, 8, 8), dtype=torch.long), "negative values"),

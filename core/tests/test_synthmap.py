@@ -113,8 +113,9 @@ def test_single_pool_voxel_is_cpmg_times_pd(method: str) -> None:
     assert sample.b1[m].std() > 0.005  # the B1 error is there and matters
     if method == "exact":  # float32 rounding of the inputs only
         np.testing.assert_allclose(sample.echoes[m], expected, rtol=2e-5, atol=1e-4)
-    else:  # bilinear interpolation in (ln T2, B1): measured 4.6e-5 of the peak, where late echoes dip near zero
-        assert np.abs(sample.echoes[m] - expected).max() < 1e-4 * expected.max()
+    else:  # bilinear interpolation in (ln T2, B1), where late echoes dip near zero: 0.44-1.07e-4 of the peak over
+        # draws 0-7 (the draw changed when the class table gained 'ventricles'; 1e-4 held for about 2 draws in 3)
+        assert np.abs(sample.echoes[m] - expected).max() < 2e-4 * expected.max()
 
 
 def test_table_method_matches_exact_on_brain_pools() -> None:
@@ -191,7 +192,8 @@ def test_seeded_reproducible_replay_bit_exact_inputs_untouched() -> None:
 
 def test_soft_or_unknown_labels_are_refused() -> None:
     with pytest.raises(InputError, match="hard label map"):
-        generate_synthmap(np.ones((13, 4, 4, 4), np.float32) / 13, _gen(0))
+        n = load_priors().n_classes
+        generate_synthmap(np.ones((n, 4, 4, 4), np.float32) / n, _gen(0))
     with pytest.raises(InputError, match="unknown label value"):
         generate_synthmap(np.full((4, 4, 4), 99), _gen(0))
 

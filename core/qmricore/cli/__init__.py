@@ -24,6 +24,7 @@ from ..errors import QMRIError
 COMMANDS = (
     "simulate", "demo", "sample-data", "train-seg", "train-estimator", "train-mwf", "fit-priors", "synth",
     "heads", "segment", "estimate", "mwf", "synthmap", "evaluate", "heldout", "import-model", "check-model",
+    "ldm",
 )
 
 

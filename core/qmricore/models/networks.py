@@ -40,6 +40,8 @@ from monai.networks.nets import UNet
 from torch import nn
 
 from ..errors import ParameterError
+from ..ldm.images import LDMImagesConfig, build_ldm_images
+from ..ldm.models import LDMMasksConfig, build_ldm_masks
 from ..serialise import ModelSettings
 
 #: Class names per class set (SPEC §8).  The lesion is the last class of every set.
@@ -384,12 +386,14 @@ def build_mwf_net(config: MWFNetConfig) -> MWFNet:
     return MWFNet(config)
 
 
-NetworkConfig = SegmenterConfig | EstimatorConfig | MWFNetConfig
+NetworkConfig = SegmenterConfig | EstimatorConfig | MWFNetConfig | LDMMasksConfig | LDMImagesConfig
 #: Model-file kind -> (config class, builder).
 NETWORK_KINDS: dict[str, tuple[type, Any]] = {
     "segmenter": (SegmenterConfig, build_segmenter),
     "estimator": (EstimatorConfig, build_estimator),
     "mwf": (MWFNetConfig, build_mwf_net),
+    "ldm_masks": (LDMMasksConfig, build_ldm_masks),  # qmricore.ldm: autoencoder + latent diffusion (SPEC §14)
+    "ldm_images": (LDMImagesConfig, build_ldm_images),  # qmricore.ldm: SPADE autoencoder + SPADE diffusion
 }
 
 

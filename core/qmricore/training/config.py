@@ -14,9 +14,12 @@ A config file is a JSON object::
 
 ``"task": "estimator"`` uses :class:`~qmricore.models.networks.EstimatorConfig`, :class:`EstimatorDataConfig`
 and :class:`EstimatorLossConfig` instead; ``"task": "mwf"`` :class:`~qmricore.models.networks.MWFNetConfig`,
-:class:`MWFDataConfig` and :class:`MWFLossConfig`.  Missing keys take the defaults below; unknown keys are an
-error (a typo must not silently fall back to a default).  Relative paths in ``data`` are resolved
-against the folder of the config file.
+:class:`MWFDataConfig` and :class:`MWFLossConfig`; ``"task": "ldm_masks"`` (:mod:`qmricore.ldm`)
+:class:`~qmricore.ldm.models.LDMMasksConfig`, :class:`LDMMasksDataConfig` and :class:`LDMMasksLossConfig`;
+``"task": "ldm_images"`` :class:`~qmricore.ldm.images.LDMImagesConfig`, :class:`LDMMasksDataConfig` and
+:class:`LDMImagesLossConfig`.
+Missing keys take the defaults below; unknown keys are an error (a typo must not silently fall back to a default).
+Relative paths in ``data`` are resolved against the folder of the config file.
 """
 
 from __future__ import annotations
@@ -32,9 +35,11 @@ from typing import Any
 
 from ..errors import InputError, ParameterError
 from ..generators.qsynth import TRAINING_SEQUENCES
+from ..ldm.images import LDMImagesConfig
+from ..ldm.models import STAGES, LDMMasksConfig
 from ..models.networks import EstimatorConfig, MWFNetConfig, SegmenterConfig
 
-TASKS = ("seg", "estimator", "mwf")
+TASKS = ("seg", "estimator", "mwf", "ldm_masks", "ldm_images")
 SEG_MODES = ("real", "qsynth", "synth", "qatlas")
 
 
@@ -355,6 +360,128 @@ class MWFTrainConfig:
         check_patch(self.data.patch_size, self.network.strides)
 
 
+@dataclass(frozen=True)
+class LDMMasksDataConfig:
+    """Training data of the mask generator (:mod:`qmricore.ldm.labels`: ventricles derived, volumes varied).
+
+    Parameters
+    ----------
+    labels
+        A label map or a folder of them with isotropic voxels (e.g. ``Resources/TrainingAnatomy``).
+    ventricle_ml_range
+        Target ventricle volume (mL) of a sample, drawn log-uniformly (the condition is the volume measured after
+        the deformation, on the working grid).
+    scale, rotation_deg
+        Random affine per sample: per-axis scale range and rotation range (degrees).
+    autoencoder
+        Stage ``diffusion``: the ``ldm_masks`` model file of the autoencoder stage, whose frozen encoder makes the
+        latents (its autoencoder must fit the config's network).
+    """
+
+    labels: str | None = None
+    ventricle_ml_range: tuple[float, float] = (8.0, 150.0)
+    scale: tuple[float, float] = (0.92, 1.08)
+    rotation_deg: float = 6.0
+    autoencoder: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("ventricle_ml_range", "scale"):
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+        if not self.labels:
+            raise ParameterError("data: the mask generator needs a 'labels' label map or folder of label maps")
+        self.mask_set  # noqa: B018 (checks the ranges)
+
+    @property
+    def mask_set(self) -> Any:
+        from ..ldm.labels import MaskSetConfig
+
+        return MaskSetConfig(ventricle_ml_range=self.ventricle_ml_range, scale=self.scale,
+                             rotation_deg=self.rotation_deg)
+
+    @property
+    def patch_size(self) -> None:
+        """A generator has no training patch (whole working grids)."""
+        return None
+
+
+@dataclass(frozen=True)
+class LDMMasksLossConfig:
+    """What a mask-generator run trains, and its loss.
+
+    Parameters
+    ----------
+    stage
+        ``"autoencoder"``: cross-entropy + soft Dice of the reconstruction + ``kl_weight`` · KL;
+        ``"diffusion"``: MSE of the predicted noise on frozen-autoencoder latents.
+    kl_weight
+        Weight of the KL term (per latent voxel summed, per sample averaged).
+    dice_weight
+        Weight of the soft Dice term (the ventricles are a few percent of the grid; cross-entropy alone lets them go).
+    null_prob
+        Probability that a diffusion step trains a sample with the null condition (classifier-free guidance).
+    """
+
+    stage: str = "autoencoder"
+    kl_weight: float = 1e-6
+    dice_weight: float = 1.0
+    null_prob: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ParameterError(f"loss: stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
+        if self.kl_weight < 0 or self.dice_weight < 0 or not 0 <= self.null_prob < 1:
+            raise ParameterError("loss: need kl_weight >= 0, dice_weight >= 0 and 0 <= null_prob < 1")
+
+
+@dataclass(frozen=True)
+class LDMMasksTrainConfig:
+    """Everything a mask-generator training run needs (``task = "ldm_masks"``): one stage per run."""
+
+    network: LDMMasksConfig = field(default_factory=LDMMasksConfig)
+    data: LDMMasksDataConfig = field(default_factory=lambda: LDMMasksDataConfig(labels="labels"))
+    loss: LDMMasksLossConfig = field(default_factory=LDMMasksLossConfig)
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=1e-4, poly_power=0.0))
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(iterations=2000, batch_size=2, checkpoint_every=250))
+    task: str = "ldm_masks"
+
+    def __post_init__(self) -> None:
+        if self.loss.stage == "diffusion" and not self.data.autoencoder:
+            raise ParameterError("data: stage 'diffusion' needs 'autoencoder', the model file of the autoencoder stage")
+
+
+@dataclass(frozen=True)
+class LDMImagesLossConfig:
+    """What an image-generator run trains: ``"autoencoder"`` (L1 + ``kl_weight`` · KL) or ``"diffusion"`` (MSE of
+    the noise on frozen-autoencoder latents, every step conditioned on the label map)."""
+
+    stage: str = "autoencoder"
+    kl_weight: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ParameterError(f"loss: stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
+        if self.kl_weight < 0:
+            raise ParameterError("loss: kl_weight must be >= 0")
+
+
+@dataclass(frozen=True)
+class LDMImagesTrainConfig:
+    """Everything an image-generator training run needs (``task = "ldm_images"``): one stage per run.  The data are
+    the mask generator's training label maps (:class:`LDMMasksDataConfig`; ``autoencoder`` is then this generator's
+    first stage), each rendered with a new qSynth subject and ``network.preset``."""
+
+    network: LDMImagesConfig = field(default_factory=LDMImagesConfig)
+    data: LDMMasksDataConfig = field(default_factory=lambda: LDMMasksDataConfig(labels="labels"))
+    loss: LDMImagesLossConfig = field(default_factory=LDMImagesLossConfig)
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=1e-4, poly_power=0.0))
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(iterations=2000, batch_size=2, checkpoint_every=250))
+    task: str = "ldm_images"
+
+    def __post_init__(self) -> None:
+        if self.loss.stage == "diffusion" and not self.data.autoencoder:
+            raise ParameterError("data: stage 'diffusion' needs 'autoencoder', the model file of the autoencoder stage")
+
+
 def check_patch(patch: tuple[int, ...] | None, strides: Any) -> None:
     """A training patch must be a multiple of the network's total stride on every axis (else the U-Net's
     output does not match its target)."""
@@ -369,16 +496,20 @@ def check_patch(patch: tuple[int, ...] | None, strides: Any) -> None:
                              f"{multiple} on every axis (e.g. {example})")
 
 
-TrainConfig = SegTrainConfig | EstimatorTrainConfig | MWFTrainConfig
+TrainConfig = SegTrainConfig | EstimatorTrainConfig | MWFTrainConfig | LDMMasksTrainConfig | LDMImagesTrainConfig
 
 _SECTIONS = {
     "seg": {"network": SegmenterConfig, "data": SegDataConfig, "loss": SegLossConfig},
     "estimator": {"network": EstimatorConfig, "data": EstimatorDataConfig, "loss": EstimatorLossConfig},
     "mwf": {"network": MWFNetConfig, "data": MWFDataConfig, "loss": MWFLossConfig},
+    "ldm_masks": {"network": LDMMasksConfig, "data": LDMMasksDataConfig, "loss": LDMMasksLossConfig},
+    "ldm_images": {"network": LDMImagesConfig, "data": LDMMasksDataConfig, "loss": LDMImagesLossConfig},
 }
-_TRAIN_CONFIGS = {"seg": SegTrainConfig, "estimator": EstimatorTrainConfig, "mwf": MWFTrainConfig}
+_TRAIN_CONFIGS = {"seg": SegTrainConfig, "estimator": EstimatorTrainConfig, "mwf": MWFTrainConfig,
+                  "ldm_masks": LDMMasksTrainConfig, "ldm_images": LDMImagesTrainConfig}
 #: Path-valued keys per section, resolved against the config file's folder.
-_PATH_KEYS = {"data": ("labels", "real_images", "real_labels", "map_sets", "estimator", "mprage", "priors"),
+_PATH_KEYS = {"data": ("labels", "real_images", "real_labels", "map_sets", "estimator", "mprage", "priors",
+                       "autoencoder"),
               "loop": ("init",)}
 
 

@@ -49,7 +49,11 @@ def _class_maps() -> dict[str, dict[int, int]]:
     """Label value → class index per class set: each class of the set found by name in the priors' class table
     (the one place label values live); unlisted labels (background, non-brain and head tissues) map to 0."""
     priors = load_priors()
-    return {name: {priors.label_of(c): i for i, c in enumerate(names) if i > 0} for name, names in CLASS_SETS.items()}
+    maps = {name: {priors.label_of(c): i for i, c in enumerate(names) if i > 0} for name, names in CLASS_SETS.items()}
+    for name, names in CLASS_SETS.items():  # ventricles are CSF to a segmenter (a label for qmricore.ldm)
+        if "csf" in names and "ventricles" in priors.names:
+            maps[name][priors.label_of("ventricles")] = names.index("csf")
+    return maps
 
 
 CLASS_MAPS: dict[str, dict[int, int]] = _class_maps()
@@ -77,7 +81,7 @@ def to_classes(label: torch.Tensor, classes: str, *, mask: bool = False) -> torc
         if classes != "binary":
             raise ParameterError("a 0/1 lesion mask can only train the 'binary' class set")
         return (label > 0).long()
-    table = torch.zeros(max(LESION_LABEL, int(label.max())) + 1, dtype=torch.long)
+    table = torch.zeros(max(LESION_LABEL, *CLASS_MAPS[classes], int(label.max())) + 1, dtype=torch.long)
     for value, index in CLASS_MAPS[classes].items():
         table[value] = index
     return table[label.clamp(min=0)]
