@@ -320,12 +320,18 @@ def test_standin_cnn_item_is_disabled_with_the_reason(tmp_path):
     import widget_standin
     from PySide6.QtCore import Qt
 
+    sys.path.insert(0, str(ROOT / "QMRISegment"))
+    from QMRISegmentLib.logic import QMRISegmentLogic
+
     panel = widget_standin.loadPanel("QMRISegment")
     widget_standin.dressSegmentPanel(panel)
     combo = widget_standin.findWidget(panel, "mwfMethodComboBox")
     item = combo.model().item(combo.findText("CNN"))
+    assert item.isEnabled()  # the shipped Resources/Models/mwf_cnn.pt
+    missing = tmp_path / "mwf_cnn.pt"
+    widget_standin.disableUnavailableCnn(panel, QMRISegmentLogic(scene=object()).cnnUnavailableReason(missing))
     assert not item.isEnabled() and not (item.flags() & Qt.ItemIsEnabled)
-    assert "mwf_cnn.pt" in item.toolTip() and "model file" in combo.toolTip()
+    assert "mwf_cnn.pt" in item.toolTip() and "MWF model file: no such file" in combo.toolTip()
     assert combo.model().item(combo.findText("NNLS")).isEnabled()
     synth = widget_standin.loadPanel("QMRISynth")
     widget_standin.dressSynthPanel(synth)

@@ -363,7 +363,9 @@ def dressSegmentPanel(panel: QWidget) -> None:
     sys.path.insert(0, str(ROOT / "QMRISegment"))
     from QMRISegmentLib.logic import QMRISegmentLogic
 
-    disableUnavailableCnn(panel, QMRISegmentLogic(scene=object()).cnnUnavailableReason())
+    reason = QMRISegmentLogic(scene=object()).cnnUnavailableReason()
+    if reason:  # (the shipped CNN makes it available)
+        disableUnavailableCnn(panel, reason)
     findWidget(panel, "mwfCollapsibleButton").setCollapsed(False)
     findWidget(panel, "progressBar").setVisible(True)
     findWidget(panel, "progressBar").setValue(40)

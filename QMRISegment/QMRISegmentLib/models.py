@@ -79,9 +79,12 @@ def describeModel(path: str | os.PathLike[str], shipped: bool = False) -> ModelI
     meta = read_meta(path)
     origin = meta.origin
     prep = meta.preprocessing
-    channels = meta.network.in_channels
-    expected = (f"{channels} image{'s' if channels > 1 else ''}, RAS {prep.spacing:g} mm, "
-                f"{NORMALISATION_TITLES.get(prep.normalisation, prep.normalisation)}")
+    if meta.kind == "mwf":  # a multi-echo series on its own grid, normalised per voxel
+        expected = f"{meta.network.n_echoes}-echo series, TE {meta.network.te * 1000:g} ms"
+    else:
+        channels = getattr(meta.network, "in_channels", 1)
+        expected = (f"{channels} image{'s' if channels > 1 else ''}, RAS {prep.spacing:g} mm, "
+                    f"{NORMALISATION_TITLES.get(prep.normalisation, prep.normalisation)}")
     if shipped:
         mode = meta.training.get("mode")
         source = "shipped with qmricore" + (f" (trained on {mode} data)" if mode else "")

@@ -81,7 +81,7 @@ def test_inputs_model_and_parameter_node(scene, reference, tmp_path):
     assert QMRISegmentLogic.inputsFromParameters(p) == [(reference, "FLAIR"), (other, "T1w")]
     p.ensemble = False
     assert QMRISegmentLogic.inputsFromParameters(p) == [(reference, "FLAIR")]
-    with pytest.raises(ValueError, match="device = 'gpu' is not one of auto, cuda, cpu"):
+    with pytest.raises(ValueError, match="device = 'gpu' is not one of auto, cpu, cuda"):
         p.device = "gpu"
     with pytest.raises(InputError, match="model file: no such file"):
         QMRISegmentLogic.resolveModel(tmp_path / "missing.pt")

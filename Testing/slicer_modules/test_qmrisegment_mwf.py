@@ -14,7 +14,7 @@ import slicer
 import slicer.util
 from mrml_helpers import oblique_ijk_to_ras
 from QMRISegmentLib import QMRISegmentLogic, RunnerEvent
-from QMRISegmentLib.logic import DEFAULT_MWF_MODEL, MWF_METHOD_ATTRIBUTE
+from QMRISegmentLib.logic import MWF_METHOD_ATTRIBUTE
 from QMRISegmentLib.parameters import MWF_METHODS, segmentNodes, segmentParameters
 from QMRISegmentLib.runner import processGroupMembers
 from QMRISynthLib import ScriptedNodeParameters, mrmlio
@@ -118,10 +118,7 @@ def test_cnn_needs_a_model_and_passes_it_on_the_command_line(scene, series, tmp_
     sequence, _ = series
     logic = QMRISegmentLogic(scene)
     assert MWF_METHODS == ("NNLS", "CNN")
-    reason = logic.cnnUnavailableReason()
-    assert DEFAULT_MWF_MODEL in reason and "model file" in reason  # none shipped yet: CNN disabled, says why
-    with pytest.raises(InputError, match="needs a model file"):
-        logic.startMwf(sequence, TE, method="CNN")
+    assert logic.cnnUnavailableReason() == ""  # the shipped Resources/Models/mwf_cnn.pt
     with pytest.raises(InputError, match="no such file"):
         logic.startMwf(sequence, TE, method="CNN", model=tmp_path / "missing.pt")
     model = tmp_path / "mwf_cnn.pt"
@@ -133,6 +130,27 @@ def test_cnn_needs_a_model_and_passes_it_on_the_command_line(scene, series, tmp_
                        "--method", "cnn", "--model", str(model), "--mask", str(tmp_path / "mask.nii.gz")]
     nnls = logic.mwfCommand(tmp_path / "me.nii.gz", 0.008, tmp_path / "out")
     assert nnls == command[:11]
+
+
+def test_cnn_with_the_shipped_model_runs_end_to_end(scene, tmp_path):
+    """The shipped CNN (32 echoes, 10 ms) through the background process: its map equals the library's."""
+    from qmricore.models.model_file import load_model
+    from qmricore.mwf.cnn import estimate_mwf
+
+    trains = cpmg(np.array([0.02, 0.08]), 1.0, te=0.01, n_echoes=32, refocus=170.0)
+    rng = np.random.default_rng(0)
+    mwf = rng.uniform(0.05, 0.25, (6, 5, 4, 1))
+    data = (100.0 * (mwf * trains[0] + (1 - mwf) * trains[1])).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, oblique_ijk_to_ras()), str(tmp_path / "me32.nii.gz"))
+    sequence = load_sequence(scene, tmp_path / "me32.nii.gz")
+    logic = QMRISegmentLogic(scene)
+    job = logic.startMwf(sequence, 0.01, method="CNN")
+    assert job.runner.command[-2:] == ["--model", str(logic.mwfModel(None))]
+    out = logic.run(job, timeout=300)["mwf"]
+    assert out.GetAttribute(MWF_METHOD_ATTRIBUTE) == "CNN"
+    np.testing.assert_array_equal(mrmlio.ijkToRas(out), mrmlio.ijkToRas(logic.echoNodes(sequence)[0]))
+    expected = estimate_mwf(data, 0.01, load_model(logic.mwfModel(None)))
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(out), expected.transpose(2, 1, 0), atol=1e-6)
 
 
 def test_bad_inputs_are_one_line_errors_naming_the_node(scene, series, tmp_path):
