@@ -345,3 +345,41 @@ def test_mprage_readouts():
     assert mprage_readouts(2.0, 0.5, 0.01) == 100  # n/2 <= 0.5/0.01
     assert mprage_readouts(1.0, 0.9, 0.01) == 20  # n/2 <= (1.0-0.9)/0.01
     assert mprage_readouts(1.0, 0.995, 0.01) == 0
+
+
+def test_clinical_draws_are_jittered_shipped_presets():
+    from qmricore.generators.qsynth import draw_clinical_sequence
+    from qmricore.physics import check_parameters
+    from qmricore.protocols import preset
+
+    flair = preset("3T FLAIR")[1]
+    logs = []
+    for seed in range(300):
+        draw = draw_clinical_sequence(seed, ("flair",), jitter_decades=0.05)
+        assert draw.sequence == "flair" and set(draw.params) == set(flair)
+        check_parameters("flair", dict(draw.params))
+        logs += [math.log10(draw.params[k] / flair[k]) for k in flair]
+    assert draw_clinical_sequence(7, ("flair",)) == draw_clinical_sequence(7, ("flair",))
+    # log10 jitter ~ N(0, 0.05): the mean within 4 standard errors, the SD within 10 %
+    assert abs(np.mean(logs)) < 4 * 0.05 / math.sqrt(len(logs))
+    assert 0.045 < np.std(logs) < 0.055
+
+
+def test_pipeline_clinical_prob_switches_the_acquisition_and_keeps_the_old_stream_at_zero():
+    from qmricore.generators.pipeline import PipelineConfig, draw_sample
+    from qmricore.generators.qsynth import draw_sequence
+
+    labels = torch.zeros((12, 12, 12), dtype=torch.int64)
+    labels[2:10, 2:10, 2:10] = 2
+    labels[4:8, 4:8, 4:8] = 1
+    base = PipelineConfig(sequences=("flair",))
+    clinical = PipelineConfig(sequences=("flair",), clinical_prob=1.0)
+    tes = [draw_sample(labels, clinical, s).sequence.params["te"] for s in range(20)]
+    assert min(tes) > 0.07  # the 3T FLAIR preset's 100 ms, jittered
+    spec = [draw_sample(labels, base, s).sequence.params["te"] for s in range(20)]
+    assert max(spec) < 0.05  # SPEC §5's FLAIR TE ~ logN(20 ms, 0.1 decade)
+    # clinical_prob 0 draws no extra number: the sequence of seed s is what it always was
+    from qmricore.generators.pipeline import _streams, _torch_generator
+
+    expected = draw_sequence(_torch_generator(_streams(3)["sequence"]), ("flair",))
+    assert draw_sample(labels, base, 3).sequence == expected

@@ -22,9 +22,10 @@ from qmricore.generators.gmm import GMMDraw, draw_gmm
 from qmricore.generators.lesions import LesionDraw
 from qmricore.generators.pipeline import PipelineConfig, ReceiveDraw, SampleDraw, draw_sample
 from qmricore.generators.priors import load_priors
-from qmricore.generators.qsynth import MapDraw, SequenceDraw, draw_maps, draw_sequence
+from qmricore.generators.qsynth import MapDraw, SequenceDraw, draw_clinical_sequence, draw_maps, draw_sequence
 from qmricore.generators.synthmap import SynthMapDraw, draw_synthmap, load_synthmap_priors
 from qmricore.inference.window import WindowConfig
+from qmricore.ldm.labels import MaskDraw, MaskSetConfig, draw_mask
 from qmricore.serialise import JSONDataclass, JSONDraw, from_plain, to_plain
 
 
@@ -155,10 +156,12 @@ DRAWS: dict[type, Callable[[], list[Any]]] = {
     LesionDraw: lambda: [_sample("qsynth").lesion],
     MapDraw: lambda: [draw_maps(load_priors(), _gen(1))],
     SequenceDraw: lambda: [draw_sequence(_gen(s), seq) for s, seq in enumerate((("gre",), ("fse",), ("flair",),
-                                                                                 ("mprage",)))],
+                                                                                 ("mprage",)))]
+    + [draw_clinical_sequence(3, ("mprage",))],  # (last: an MPRAGE, with its integer n)
     ReceiveDraw: lambda: [_sample("qsynth").receive],
     SampleDraw: lambda: [_sample("qsynth"), _sample("synth")],
     SynthMapDraw: lambda: [draw_synthmap(load_synthmap_priors(), _gen(2))],
+    MaskDraw: lambda: [draw_mask(np.random.default_rng(0), 3, 1, MaskSetConfig())],
 }
 
 

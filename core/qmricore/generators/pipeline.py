@@ -49,7 +49,17 @@ from .augment import (
 from .gmm import GMMConfig, GMMDraw, apply_gmm, draw_gmm
 from .lesions import LesionConfig, LesionDraw, draw_lesion, paste_lesion, render_lesion
 from .priors import TissuePriors, load_priors
-from .qsynth import MapDraw, QSynthConfig, SequenceDraw, apply_maps, class_weights, draw_maps, draw_sequence
+from .qsynth import (
+    TRAINING_SEQUENCES,
+    MapDraw,
+    QSynthConfig,
+    SequenceDraw,
+    apply_maps,
+    class_weights,
+    draw_clinical_sequence,
+    draw_maps,
+    draw_sequence,
+)
 
 __all__ = ["PipelineConfig", "ReceiveDraw", "SampleDraw", "Sample", "MODES", "FORMAT",
            "draw_sample", "apply_sample", "generate", "generate_batch", "regenerate", "crop_affine",
@@ -70,6 +80,9 @@ class PipelineConfig(JSONDataclass):
         ``"qsynth"`` (physics) or ``"synth"`` (GMM baseline).
     sequences
         Sequences the qSynth stage may draw (``None``: :func:`~.qsynth.draw_sequence`'s default).
+    clinical_prob, clinical_jitter
+        Probability that the qSynth stage's acquisition is a jittered shipped clinical preset of the drawn
+        sequence (:func:`~.qsynth.draw_clinical_sequence`, jitter in decades) instead of a SPEC §5 draw.
     lesion_prob
         Probability of synthesising a lesion when no lesion mask is given.
     lesion_focus_prob
@@ -87,6 +100,8 @@ class PipelineConfig(JSONDataclass):
 
     mode: str = "qsynth"
     sequences: tuple[str, ...] | None = None
+    clinical_prob: float = 0.0
+    clinical_jitter: float = 0.05
     lesion_prob: float = 0.0
     lesion_focus_prob: float = 0.0
     receive_max_std: float = 0.3
@@ -100,7 +115,9 @@ class PipelineConfig(JSONDataclass):
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ParameterError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
-        for name in ("lesion_prob", "lesion_focus_prob"):
+        if self.clinical_jitter < 0:
+            raise ParameterError(f"clinical_jitter must be >= 0 decades, got {self.clinical_jitter}")
+        for name in ("lesion_prob", "lesion_focus_prob", "clinical_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ParameterError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.receive_max_std < 0 or self.receive_nodes < 2:
@@ -303,7 +320,10 @@ def draw_sample(labels: Any, config: PipelineConfig | None = None, seed: int = 0
         # qSynth subject, training sequence and receive field
         maps = draw_maps(priors, _torch_generator(rng["maps"]), config.qsynth)
         seq_gen = _torch_generator(rng["sequence"])
-        sequence = draw_sequence(seq_gen) if config.sequences is None else draw_sequence(seq_gen, config.sequences)
+        names = TRAINING_SEQUENCES if config.sequences is None else config.sequences
+        clinical = config.clinical_prob > 0 and float(torch.rand(1, generator=seq_gen)) < config.clinical_prob
+        sequence = draw_clinical_sequence(seq_gen, names, config.clinical_jitter) if clinical \
+            else draw_sequence(seq_gen, names)  # (with clinical_prob 0 the stream is the one every sidecar has)
         r = rng["receive"]
         receive = ReceiveDraw(float(r.uniform(0.0, config.receive_max_std)), config.receive_nodes,
                               int(r.integers(0, 2**31 - 1)))

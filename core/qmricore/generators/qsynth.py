@@ -449,6 +449,40 @@ def draw_sequence(generator: torch.Generator | int, sequences: Sequence[str] = T
     return SequenceDraw(sequence, _draw_feasible(sequence, sequence, generator))
 
 
+def draw_clinical_sequence(generator: torch.Generator | int, sequences: Sequence[str] = TRAINING_SEQUENCES,
+                           jitter_decades: float = 0.05) -> SequenceDraw:
+    """Draw a sequence uniformly from ``sequences``, then one of its shipped clinical presets
+    (:func:`qmricore.protocols.preset_names`), every time and angle multiplied by ``10^N(0, jitter_decades)``
+    (``n`` kept); redrawn until :func:`qmricore.physics.check_parameters` accepts it.
+
+    The SPEC §5 ranges are domain randomisation: their FLAIR has TE ≈ 20 ms, so a lesion whose contrast is its
+    long T2 is almost never hyperintense in a training FLAIR, while the FLAIRs and T2s a clinician segments have
+    TE ≈ 80-120 ms.  Mixing these draws in (``PipelineConfig.clinical_prob``) shows the network the contrasts it
+    is used on.
+    """
+    from ..protocols import preset, preset_names
+
+    if not sequences:
+        raise ParameterError("draw_clinical_sequence needs at least one sequence name")
+    generator = torch_generator(generator, "draw_clinical_sequence")
+    i = int(torch.randint(0, len(sequences), (1,), generator=generator, device=generator.device).item())
+    sequence = sequences[i]
+    presets = [dict(p) for s, p in map(preset, preset_names()) if s == sequence]
+    if not presets:
+        raise ParameterError(f"draw_clinical_sequence: no clinical preset of {sequence!r} ships")
+    for _ in range(_MAX_TRIES):
+        j = int(torch.randint(0, len(presets), (1,), generator=generator, device=generator.device).item())
+        z = torch.randn(len(presets[j]), generator=generator, dtype=torch.float64, device=generator.device).tolist()
+        params = {k: v if k == "n" else float(v) * 10.0 ** (jitter_decades * dz)
+                  for (k, v), dz in zip(presets[j].items(), z, strict=True)}
+        try:
+            check_parameters(sequence, params)
+            return SequenceDraw(sequence, params)
+        except ParameterError:
+            continue
+    raise ParameterError(f"draw_clinical_sequence: no feasible {sequence} in {_MAX_TRIES} draws")
+
+
 def draw_qatlas_mprage(generator: torch.Generator | int) -> tuple[SequenceDraw, float]:
     """Draw an MPRAGE from the qATLAS ranges (SPEC §5/§7); returns ``(draw, b0)`` with B0 in tesla."""
     params = _draw_feasible("qatlas_mprage", "mprage", torch_generator(generator, "draw_qatlas_mprage"))

@@ -34,6 +34,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import InputError, ParameterError
+from ..serialise import JSONDraw
 
 #: The mask generator's classes, in channel order.  Head tissues map to background, a lesion to white matter.
 LDM_CLASSES: tuple[str, ...] = ("background", "gm", "wm", "gm_wm_pv", "csf", "ventricles")
@@ -144,7 +145,7 @@ class MaskSetConfig:
 
 
 @dataclass(frozen=True)
-class MaskDraw:
+class MaskDraw(JSONDraw):
     """Every random number of one training label map (JSON-safe)."""
 
     anatomy: int
