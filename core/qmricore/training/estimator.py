@@ -18,7 +18,6 @@ spatial finite differences (:func:`estimator_loss`).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from ..errors import InputError
 from ..io import map_set_folders
 from ..models.networks import ESTIMATOR_MAPS, build_estimator
 from .config import EstimatorLossConfig, EstimatorTrainConfig, config_to_dict
+from .loop import Sampler
 from .seg import fit_shape, normalise, padded_shape
 
 #: Classes whose bounding box holds the crop centres of label-map training.
@@ -87,7 +87,7 @@ def estimator_loss(config: EstimatorLossConfig, iterations: int) -> Any:
     return loss
 
 
-class EstimatorSampler:
+class EstimatorSampler(Sampler):
     """Training samples: ``sample(k) -> (mprage (1, X, Y, Z), targets (5, X, Y, Z))`` (maps + mask)."""
 
     def __init__(self, config: EstimatorTrainConfig, device: torch.device | str = "cpu") -> None:
@@ -200,10 +200,6 @@ class EstimatorSampler:
         shape = self.data.patch_size or padded_shape(image.shape[-3:], self.multiple)
         offset = [int(rng.integers(0, max(s - w, 0) + 1)) for s, w in zip(image.shape[-3:], shape, strict=True)]
         return fit_shape(image[None], shape, offset), fit_shape(targets, shape, offset)
-
-    def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        images, targets = zip(*(self.sample(k) for k in indices), strict=True)
-        return torch.stack(images), torch.stack(targets)
 
 
 def train_estimator(

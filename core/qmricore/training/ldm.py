@@ -24,7 +24,6 @@ SPADE UNet on its frozen latents, conditioned on the label map.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -35,12 +34,13 @@ from ..errors import InputError
 from ..ldm.labels import LDM_CLASSES, MaskSet
 from ..ldm.models import LDMMasks, build_ldm_masks, latent_scale
 from .config import LDMMasksTrainConfig, config_to_dict
+from .loop import Sampler
 
 #: Samples that set the latent scale factor (indices far above any run's steps, so not training samples).
 CALIBRATION = range(10**9, 10**9 + 8)
 
 
-class MaskSampler:
+class MaskSampler(Sampler):
     """Training samples: ``batch(indices) -> (one-hot (B, C, X, Y, Z) float32, classes (B, X, Y, Z) int64)``."""
 
     def __init__(self, config: LDMMasksTrainConfig) -> None:
@@ -66,10 +66,6 @@ class MaskSampler:
         target = torch.from_numpy(classes).long()
         onehot = torch.nn.functional.one_hot(target, len(LDM_CLASSES)).permute(3, 0, 1, 2).float()
         return onehot, target
-
-    def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        inputs, targets = zip(*(self.sample(k) for k in indices), strict=True)
-        return torch.stack(inputs), torch.stack(targets)
 
 
 def autoencoder_loss(kl_weight: float, dice_weight: float) -> Any:

@@ -121,6 +121,18 @@ def train_with_config(config: Any, out_dir: str | os.PathLike[str], sampler: Any
     return run_training(job, out, resume=resume, device=device, progress=progress)
 
 
+class Sampler:
+    """Base of the trainers' samplers: ``sample(k) -> (input, target)`` is a pure function of ``(loop.seed, k)``;
+    :meth:`batch` stacks the samples of a step (the ``make_batch`` of a :class:`TrainingJob`)."""
+
+    def sample(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs, targets = zip(*(self.sample(k) for k in indices), strict=True)
+        return torch.stack(inputs), torch.stack(targets)
+
+
 def make_optimizer(model: nn.Module, config: OptimizerConfig, iterations: int) -> tuple[Any, Any]:
     """AdamW and the poly learning-rate scheduler ``lr·(1 − i/N)^power`` stepped once per iteration."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas,

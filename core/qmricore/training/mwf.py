@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from ..datasets import sample_seed
 from ..models.networks import build_mwf_net
 from .config import MWFTrainConfig, config_to_dict
 from .estimator import BRAIN
+from .loop import Sampler
 
 
 def mwf_loss(outputs: torch.Tensor, targets: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -39,7 +39,7 @@ def mwf_loss(outputs: torch.Tensor, targets: torch.Tensor, step: int) -> tuple[t
     return l1, {"l1": float(l1.detach())}
 
 
-class MWFSampler:
+class MWFSampler(Sampler):
     """Training samples: ``sample(k) -> (normalised echoes (E, X, Y, Z), targets (2, X, Y, Z))`` (MWF, brain)."""
 
     def __init__(self, config: MWFTrainConfig) -> None:
@@ -96,10 +96,6 @@ class MWFSampler:
         values = [self.priors.tissue.label_of(n) for n in BRAIN if n in self.priors.names]
         brain = torch.from_numpy(np.isin(block, values).astype(np.float32))
         return echoes, torch.stack([torch.from_numpy(sample.mwf), brain])
-
-    def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        inputs, targets = zip(*(self.sample(k) for k in indices), strict=True)
-        return torch.stack(inputs), torch.stack(targets)
 
 
 def train_mwf(

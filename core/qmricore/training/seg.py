@@ -41,6 +41,7 @@ from ..generators.priors import load_priors
 from ..io import label_file, map_set_folders, nifti_files, paired_files
 from ..models.networks import CLASS_SETS, build_segmenter
 from .config import SegTrainConfig, config_to_dict
+from .loop import Sampler
 
 RETRIES = 5  # synthetic draws tried per sample before giving up
 
@@ -116,7 +117,7 @@ def padded_shape(shape: Sequence[int], multiple: int) -> tuple[int, ...]:
     return tuple(int(math.ceil(s / multiple) * multiple) for s in shape)
 
 
-class SegSampler:
+class SegSampler(Sampler):
     """Training samples for a :class:`SegTrainConfig`: ``sample(k) -> (image (1, X, Y, Z), classes (1, X, Y, Z))``.
 
     Label maps, real pairs and map sets are read once, on first use, and kept in memory.
@@ -199,10 +200,6 @@ class SegSampler:
             image, classes = self._synthetic(seed)
         image = normalise(image, self.preprocessing)
         return self._fit(image.reshape(1, *image.shape[-3:]), classes.reshape(1, *classes.shape[-3:]), rng)
-
-    def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        images, targets = zip(*(self.sample(k) for k in indices), strict=True)
-        return torch.stack(images), torch.stack(targets)
 
     def _fit(self, image: torch.Tensor, classes: torch.Tensor, rng: np.random.Generator
              ) -> tuple[torch.Tensor, torch.Tensor]:
