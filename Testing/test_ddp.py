@@ -75,3 +75,26 @@ def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
 
     model = load_model(out / "model.pt").network
     assert state_digest(model) == rank0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (TORCHRUN.exists() and QMRICORE.exists()), reason="needs the torchrun and qmricore scripts")
+def test_torchrun_trains_the_mwf_cnn_on_two_cpu_processes(tmp_path: Path) -> None:
+    """train-mwf through the same loop under DDP: samples sharded, rank 0 writes, replicas bit-identical."""
+    labels = Path(__file__).resolve().parents[1] / "Resources" / "SampleData"
+    config = {"task": "mwf", "network": {"n_echoes": 8, "width": 4, "context_layers": 1, "voxel_layers": 0},
+              "data": {"labels": str(next(labels.glob("*labels.nii.gz"))), "patch_size": [8, 8, 8]},
+              "loop": {"iterations": 2, "batch_size": 1, "checkpoint_every": 2, "log_every": 1, "seed": 4}}
+    (tmp_path / "cfg.json").write_text(json.dumps(config))
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "--no-python", str(QMRICORE), "train-mwf",
+         "--config", str(tmp_path / "cfg.json"), "--out", str(out), "--device", "cpu", "--no-progress"],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=400, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("model:") == 1
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [e["samples"] for e in log if "loss" in e] == [[[0], [1]], [[2], [3]]]
+    rank0, rank1 = log[-1]["replica_digests"]
+    assert rank0 == rank1 and log[-1]["world_size"] == 2
