@@ -34,7 +34,7 @@ from .loop import Sampler
 from .seg import fit_shape, normalise, padded_shape
 
 #: Classes whose bounding box holds the crop centres of label-map training.
-BRAIN = ("gm", "wm", "gm_wm_pv", "csf", "lesion")
+BRAIN = ("gm", "wm", "gm_wm_pv", "csf", "ventricles", "lesion")
 #: Classes left out of the loss mask of label-map training: no MPRAGE tells their maps apart (air, compact bone).
 UNMEASURED = ("background", "skull")
 #: Loss phases: warm-up (L2 on values) and main (L1 + L2 on values and on spatial gradients).

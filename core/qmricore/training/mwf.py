@@ -63,9 +63,12 @@ class MWFSampler(Sampler):
         return [np.asarray(read_label_map(f, self.priors.tissue).labels) for f in label_files(self.config.data.labels)]
 
     @cached_property
+    def _brain_labels(self) -> list[int]:
+        return [self.priors.tissue.label_of(n) for n in BRAIN if n in self.priors.names]
+
+    @cached_property
     def _brain_voxels(self) -> list[np.ndarray]:
-        values = [self.priors.tissue.label_of(n) for n in BRAIN if n in self.priors.names]
-        return [np.argwhere(np.isin(labels, values)) for labels in self.label_maps]
+        return [np.argwhere(np.isin(labels, self._brain_labels)) for labels in self.label_maps]
 
     def check_data(self) -> None:
         """Read and check every label map (errors name the file) before a run writes anything."""
@@ -93,8 +96,7 @@ class MWFSampler(Sampler):
         draw = dataclasses.replace(draw, snr=float(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
         sample = apply_synthmap(block, draw, self.priors, self.synthmap)
         echoes = normalise_echoes(torch.from_numpy(np.moveaxis(sample.echoes, 3, 0).copy()))
-        values = [self.priors.tissue.label_of(n) for n in BRAIN if n in self.priors.names]
-        brain = torch.from_numpy(np.isin(block, values).astype(np.float32))
+        brain = torch.from_numpy(np.isin(block, self._brain_labels).astype(np.float32))
         return echoes, torch.stack([torch.from_numpy(sample.mwf), brain])
 
 
