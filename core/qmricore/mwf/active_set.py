@@ -80,9 +80,18 @@ class _Grams:
         return out + np.einsum("bij,bj->bi", self.gram[which], x)
 
 
-def _solve_passive(grams: _Grams, rows: np.ndarray, rhs: np.ndarray, order: np.ndarray,
-                   valid: np.ndarray) -> np.ndarray:
-    """``z`` with ``G[P, P] z[P] = c[P]`` and ``z[~P] = 0`` for problems ``rows`` (``rhs`` their ``c``)."""
+def _solve_passive(grams: _Grams, rows: np.ndarray, rhs: np.ndarray, passive: np.ndarray) -> np.ndarray:
+    """``z`` with ``G[P, P] z[P] = c[P]`` and ``z[~P] = 0`` for problems ``rows`` (``rhs`` their ``c``, ``passive``
+    their ``P``).  Each system is padded to the largest passive set; with many problems whose sets differ in
+    size, the smaller and the larger sets are solved apart (the cost grows with the cube of the padded size)."""
+    count = passive.sum(axis=1)
+    if len(rows) >= 256 and int(count.max()) - int(count.min()) > 6:
+        z = np.empty(rhs.shape)
+        small = count <= (int(count.min()) + int(count.max())) // 2  # both halves non-empty
+        for part in (small, ~small):
+            z[part] = _solve_passive(grams, rows[part], rhs[part], passive[part])
+        return z
+    order, valid = _passive_first(passive)
     k = order.shape[1]
     system = grams.block(rows, order)
     system = np.where(valid[:, :, None] & valid[:, None, :], system, np.eye(k))  # padding: identity rows
@@ -171,8 +180,7 @@ def nnls_gram(gram: np.ndarray, rhs: np.ndarray, passive: np.ndarray | None = No
             return x, positive
         # stepping: the least-squares solution on the passive set
         pos = positive[work]
-        order, valid = _passive_first(pos)
-        z = _solve_passive(grams, work, rhs[work], order, valid)
+        z = _solve_passive(grams, work, rhs[work], pos)
         new = added[work]
         rows = np.arange(len(work))
         # a column just added that is not positive in z cannot enter (rounding): take it out and block it
@@ -225,8 +233,7 @@ def nnls_gram_definite(gram: np.ndarray, rhs: np.ndarray, passive: np.ndarray | 
     limit = n if max_rounds is None else max_rounds
     for _ in range(limit):
         f = free[work]
-        order, valid = _passive_first(f)
-        z = _solve_passive(grams, work, rhs[work], order, valid)
+        z = _solve_passive(grams, work, rhs[work], f)
         gradient = grams.times(work, z) - rhs[work]
         bad = (f & (z < 0)) | (~f & (gradient < -tolerance[work][:, None]))
         count = bad.sum(axis=1)

@@ -166,6 +166,9 @@ def _refine_batch(angles: np.ndarray, chi2: np.ndarray) -> np.ndarray:
 #: on ``log mu``.
 MU_RANGE = (1e-6, 10.0)
 LOG_MU_TOLERANCE = 1e-3
+#: Where the search for ``log(mu / |A|₂)`` starts, the slope of ``h`` it assumes first, and its largest step
+#: (three-pool voxels at SNR 40-200: roots -7.4 to -4, slopes 1.2-2).
+START_LOG_MU, TYPICAL_SLOPE, MAX_STEP = -6.0, 1.5, 3.0
 
 
 def _largest_singular(gram: np.ndarray) -> np.ndarray:
@@ -215,13 +218,13 @@ def _regularised_batch(a: np.ndarray, y: np.ndarray, chi2_factor: float,
         spectra[rows] = x
         found[rows] = True
 
-    # bracket: from t = -6 in widening steps towards the sign change, within [lo, hi]
+    # bracket: from t = -6, secant steps (the first with the typical slope) until the sign changes, within [lo, hi]
     t_neg, h_neg, x_neg = np.full(batch, np.nan), np.zeros(batch), np.zeros_like(x0)  # h < 0 there
     t_pos, h_pos, x_pos = np.full(batch, np.nan), np.zeros(batch), np.zeros_like(x0)  # h > 0 there
-    t = np.full(batch, -6.0)
-    step = 2.0
+    t, h_last = np.full(batch, START_LOG_MU), np.zeros(batch)
+    slope = np.full(batch, TYPICAL_SLOPE)
     rows = np.arange(batch)
-    for _ in range(20):  # the range is crossed in <= 6 steps
+    for _ in range(30):
         if not len(rows):
             break
         h, x = evaluate(rows, t[rows])
@@ -229,18 +232,27 @@ def _regularised_batch(a: np.ndarray, y: np.ndarray, chi2_factor: float,
         keep(rows[close], x[close])
         neg = h < 0
         for side, (tt, hh, xx) in ((neg, (t_neg, h_neg, x_neg)), (~neg, (t_pos, h_pos, x_pos))):
-            r = rows[side & ~close]
-            tt[r], hh[r], xx[r] = t[r], h[side & ~close], x[side & ~close]
+            sel = side & ~close
+            r = rows[sel]
+            previous = tt[r]
+            seen = ~np.isnan(previous)  # a second point on the same side: the secant's slope
+            dt = t[r] - previous
+            with np.errstate(divide="ignore", invalid="ignore"):
+                measured = (h[sel] - hh[r]) / dt
+            slope[r] = np.where(seen & (measured > 0.1 * TYPICAL_SLOPE) & np.isfinite(measured), measured, slope[r])
+            tt[r], hh[r], xx[r] = t[r], h[sel], x[sel]
         rows = rows[~close]
         rows = rows[np.isnan(t_neg[rows]) | np.isnan(t_pos[rows])]  # not bracketed yet
         up = ~np.isnan(t_neg[rows])
-        nxt = np.clip(t[rows] + np.where(up, step, -step), lo, hi)
+        here = np.where(up, h_neg[rows], h_pos[rows])
+        move = np.clip(-here / slope[rows], -MAX_STEP, MAX_STEP)
+        move = np.where(up, np.maximum(move, LOG_MU_TOLERANCE), np.minimum(move, -LOG_MU_TOLERANCE))
+        nxt = np.clip(t[rows] + move, lo, hi)
         stuck = nxt == t[rows]  # an end of the range with the same sign: the end's spectrum, or x0 at lo
         keep(rows[stuck & up], x_neg[rows[stuck & up]])
         keep(rows[stuck & ~up], x0[rows[stuck & ~up]])
         t[rows[~stuck]] = nxt[~stuck]
         rows = rows[~stuck]
-        step *= 1.5
     # Illinois: regula falsi that halves the retained end's value when the same end is kept twice
     rows = np.flatnonzero(~found)
     kept = np.zeros(batch, np.int8)  # +1: the negative end was replaced last, -1: the positive end
