@@ -221,7 +221,7 @@ def _regularised_batch(a: np.ndarray, y: np.ndarray, chi2_factor: float,
     # bracket: from t = -6, secant steps (the first with the typical slope) until the sign changes, within [lo, hi]
     t_neg, h_neg, x_neg = np.full(batch, np.nan), np.zeros(batch), np.zeros_like(x0)  # h < 0 there
     t_pos, h_pos, x_pos = np.full(batch, np.nan), np.zeros(batch), np.zeros_like(x0)  # h > 0 there
-    t, h_last = np.full(batch, START_LOG_MU), np.zeros(batch)
+    t = np.full(batch, START_LOG_MU)
     slope = np.full(batch, TYPICAL_SLOPE)
     rows = np.arange(batch)
     for _ in range(30):
