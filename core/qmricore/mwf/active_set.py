@@ -159,6 +159,7 @@ def nnls_gram(gram: np.ndarray, rhs: np.ndarray, passive: np.ndarray | None = No
     # Each live problem is either "adding" (x is optimal on its passive set: look for a column to add) or
     # "stepping" (its passive set changed: solve on it and, where that is infeasible, step back towards x).
     stepping = positive.any(axis=1)
+    warm = stepping.copy()  # x is not yet a feasible point of the warm start's passive set
     blocked = np.zeros((batch, n), bool)  # columns that came back non-positive right after being added
     added = np.full(batch, -1)
     work = np.arange(batch)  # the live problems
@@ -196,7 +197,13 @@ def nnls_gram(gram: np.ndarray, rhs: np.ndarray, passive: np.ndarray | None = No
         x[done] = z[feasible]
         stepping[done] = False
         blocked[done] = False  # a completed step changes the duals: every column may enter again
+        warm[done] = False
         back = ~refused & ~feasible
+        cold = back & warm[work]  # a warm start: drop its non-positive columns (x = 0 gives no step to take)
+        if cold.any():
+            r = work[cold]
+            positive[r] = pos[cold] & (z[cold] > 0)
+            back &= ~cold
         if back.any():
             r = work[back]
             xb, zb, pb = x[r], z[back], pos[back]
