@@ -80,3 +80,16 @@ def test_the_fallback_solves_what_the_rounds_did_not() -> None:
     assert np.array_equal(positive, x > 0)
     x, _ = nnls_gram_definite(gram, rhs, ridge=np.full(20, 0.04), max_rounds=1)  # exchanges, then Lawson–Hanson
     np.testing.assert_allclose(x, _scipy(a, y, 0.2), rtol=0, atol=1e-9)
+
+
+def test_a_warm_start_at_the_answer_takes_two_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One round solves on the given passive set, the next finds no column to add (a cold start needs a round per
+    positive column, and more): no fallback."""
+    clean, _, _ = three_pool(6, voxels=50)
+    y = rician(clean, 100, seed=6)
+    a = _dictionary(t2_bins(), np.array([170.0]), TE, 32, 1.0)[0]
+    x, positive = nnls_gram(a.T @ a, y @ a)
+    monkeypatch.setattr("qmricore.mwf.active_set._one_by_one", lambda *_: pytest.fail("fell back"))
+    warm, again = nnls_gram(a.T @ a, y @ a, positive, max_rounds=2)
+    np.testing.assert_allclose(warm, x, rtol=0, atol=1e-9 * x.max())
+    assert np.array_equal(again, positive)
