@@ -40,6 +40,7 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 
 from qmricore.mwf import NNLSConfig, fit_nnls  # noqa: E402
+from qmricore.mwf.nnls import BATCH_VOXELS  # noqa: E402
 
 TESTS = Path(__file__).resolve().parents[1] / "core" / "tests"  # test_mwf_nnls makes the voxels; imported in
 TE = 0.01  # main(), so that the processes fit_nnls spawns (which import this file) do not import torch
@@ -145,7 +146,7 @@ def main() -> None:
     print(f"three-pool voxels, 32 echoes at {TE * 1e3:g} ms; fit_nnls on {args.voxels} per SNR, qmrpy on the first "
           f"{m}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     if modules is None:
-        print("qmrpy: not installed, its columns are skipped (pip install -r requirements-bench.txt)")
+        print("qmrpy: not installed, its columns are skipped (pip install --no-deps -r requirements-bench.txt)")
     else:
         import qmrpy
         print(f"qmrpy {qmrpy.__version__}: T2DECAESMap + T2DECAESPart, one process")
@@ -161,8 +162,12 @@ def main() -> None:
                         f"s/voxel ({len(echoes) / seconds:.3f} voxels/s); memoised: the same MWF to "
                         f"{np.abs(shipped - memoised).max():.0e}")
 
+    batches = -(-args.voxels // BATCH_VOXELS)
+    if batches < args.workers:
+        print(f"note: {args.voxels} voxels are {batches} batch(es) of {BATCH_VOXELS}: fit_nnls uses "
+              f"{batches} process(es); give --voxels >= {args.workers * BATCH_VOXELS} for {args.workers}")
     rows, steady = [], []
-    start_cost = worker_start_seconds(args.workers)
+    start_cost = worker_start_seconds(args.workers) if batches > 1 else 0.0
     for snr in SNRS:
         clean, truth, _ = three_pool(0, voxels=args.voxels)
         echoes = rician(clean, snr, seed=snr)
