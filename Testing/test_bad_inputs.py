@@ -290,6 +290,10 @@ CASES: dict[str, dict[str, Case]] = {
                                   "--out {root}/w", "W.pt: the CNN model serves an echo spacing of 0.01 s"),
         "output under a file": _case("mwf --input {root}/me.nii.gz --te 0.01 --out {root}/somefile/w",
                                      "somefile is a file"),
+        "workers 0": _case("mwf --input {root}/me.nii.gz --te 0.01 --workers 0 --out {root}/w",
+                           "--workers must be >= 1, got 0"),
+        "workers negative": _case("mwf --input {root}/me.nii.gz --te 0.01 --workers -2 --out {root}/w",
+                                  "--workers must be >= 1, got -2"),
     },
     "synthmap": {
         "missing labels file": _case("synthmap --labels {root}/nope.nii.gz --out {root}/sm",

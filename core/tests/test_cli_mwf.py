@@ -109,3 +109,20 @@ def test_progress_lines_on_bad_input_give_one_error_line_and_no_result(tmp_path:
     assert done.stderr.strip().splitlines() == [done.stderr.strip()]
     assert done.stderr.startswith("qmricore mwf: error:") and "times are in seconds" in done.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_workers_report_progress_per_batch_and_match_one_process(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    _series(tmp_path / "me.nii.gz")
+    monkeypatch.setattr("qmricore.mwf.nnls.BATCH_VOXELS", 8)  # 23 voxels: three batches over two processes
+    for workers in ("1", "2"):
+        assert main(["mwf", "--input", str(tmp_path / "me.nii.gz"), "--te", str(TE), "--out", str(tmp_path / workers),
+                     "--workers", workers, "--progress-lines"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        messages = [line.split(maxsplit=2)[2] for line in lines if line.startswith("PROGRESS ")]
+        assert messages[0] == "fitting 23 voxel(s)" and messages[-1] == "done"
+        done = [int(m.split()[0]) for m in messages[1:-1]]  # one line per batch, in the order they finish
+        assert sorted(np.diff([0, *done])) == [7, 8, 8] and messages[-2] == "23 of 23 voxel(s) done"
+        assert lines[-1].startswith("RESULT ")
+    one, two = (nib.load(str(tmp_path / w / "MWF.nii.gz")).get_fdata() for w in ("1", "2"))
+    np.testing.assert_allclose(two, one, rtol=0, atol=1e-9)

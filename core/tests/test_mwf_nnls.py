@@ -107,3 +107,25 @@ def test_shapes_mask_and_empty_voxels() -> None:
 def test_bad_inputs_are_named(te: float, echoes: np.ndarray, error: type, message: str) -> None:
     with pytest.raises(error, match=message):
         fit_nnls(echoes, te)
+
+
+def test_workers_give_the_results_of_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three batches over two spawned processes: the same fit as in this process, progress per batch."""
+    monkeypatch.setattr("qmricore.mwf.nnls.BATCH_VOXELS", 16)
+    clean, _, _ = three_pool(3, voxels=40)
+    echoes = rician(clean, 100, seed=3)
+    done: list[int] = []
+    one = fit_nnls(echoes, TE, workers=1)
+    two = fit_nnls(echoes, TE, workers=2, progress=done.append)
+    assert sorted(done) == [8, 16, 16]
+    # the same arithmetic; arrays at other memory addresses may round differently in the last bits
+    np.testing.assert_allclose(two.flip, one.flip, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(two.spectrum, one.spectrum, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(two.mwf, one.mwf, rtol=0, atol=1e-9)
+    assert np.abs(two.mwf - one.mwf).max() < 1e-11
+
+
+@pytest.mark.parametrize("workers", [0, -1, 1.5])
+def test_bad_worker_counts_are_named(workers: object) -> None:
+    with pytest.raises(ParameterError, match="workers must be an integer >= 1"):
+        fit_nnls(np.ones((2, 8)), TE, workers=workers)

@@ -45,6 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--echoes", type=int, metavar="N", help="expected number of echoes (checked against the "
                                                                   "input's 4th dimension)")
     parser.add_argument("--spectrum", action="store_true", help="also write the 4D T2 spectrum")
+    parser.add_argument("--workers", type=int, metavar="N", help="--method nnls: processes fitting in parallel "
+                                                                   "(default: every usable CPU core)")
     parser.add_argument("--progress-lines", action="store_true",
                         help="print 'PROGRESS <fraction> <message>' lines and a last 'RESULT <json>' line on stdout "
                              "(for a program that follows the run, such as QMRISegment)")
@@ -64,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--model is needed with --method cnn, and only there")
     if args.method == "cnn" and args.spectrum:
         raise InputError("--spectrum needs --method nnls (the CNN gives MWF only)")
+    if args.workers is not None and args.workers < 1:
+        raise InputError(f"--workers must be >= 1, got {args.workers}")
     if args.echoes is not None and args.echoes < MIN_ECHOES:
         raise InputError(f"--echoes must be >= {MIN_ECHOES}, got {args.echoes}")
     out = Path(args.out)
@@ -92,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     voxels = int(np.count_nonzero(series.data[..., 0] > 0 if mask is None else mask & (series.data[..., 0] > 0)))
     lines = ProgressLines(args.progress_lines, voxels)
     with tqdm(total=voxels, unit="voxel", disable=not sys.stderr.isatty(), file=sys.stderr) as bar:
-        result = fit_nnls(series.data, args.te, mask=mask, config=config, progress=lines.counting(bar.update))
+        result = fit_nnls(series.data, args.te, mask=mask, config=config, progress=lines.counting(bar.update),
+                          workers=args.workers)
 
     outputs = {"mwf": result.mwf, "t2gm": result.t2gm, "flip": result.flip}
     written = {}
