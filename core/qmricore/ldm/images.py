@@ -23,7 +23,6 @@ it) and returns, by stage, the reconstruction flattened with the KL appended, or
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,17 +30,16 @@ import torch
 from torch import nn
 
 from ..errors import ParameterError
-from ..serialise import ModelSettings
-from .labels import LDM_CLASSES
-from .models import STAGES, LDMMasksConfig, make_scheduler
+from .models import STAGES, LatentGeneratorConfig, make_scheduler
 
 #: Percentile (of the brain voxels) an image is divided by.
 NORM_PERCENTILE = 99.5
 
 
 @dataclass(frozen=True)
-class LDMImagesConfig(ModelSettings):
-    """Image generator: sizes of both SPADE networks, the working grid, the contrast and the noise schedule.
+class LDMImagesConfig(LatentGeneratorConfig):
+    """Image generator: :class:`~qmricore.ldm.models.LatentGeneratorConfig` (sizes of both SPADE networks, the
+    working grid, the noise schedule; no condition token: the label map is the condition) and the contrast.
 
     Parameters
     ----------
@@ -49,49 +47,18 @@ class LDMImagesConfig(ModelSettings):
         qSynth preset (:func:`qmricore.protocols.preset`) the training images are rendered with.
     spade_channels
         Intermediate channels of the SPADE blocks.
-    others
-        As :class:`~qmricore.ldm.models.LDMMasksConfig` (no condition token: the label map is the condition).
     """
 
-    classes: tuple[str, ...] = LDM_CLASSES
-    shape: tuple[int, int, int] = (40, 48, 40)
-    spacing_mm: float = 4.0
     preset: str = "MPRAGE ADNI-like"
-    ae_channels: tuple[int, ...] = (16, 32, 32)
-    ae_res_blocks: int = 1
-    latent_channels: int = 3
-    unet_channels: tuple[int, ...] = (32, 64)
-    unet_attention: tuple[bool, ...] = (False, True)
-    unet_res_blocks: int = 1
-    num_head_channels: int = 16
-    norm_num_groups: int = 8
     spade_channels: int = 32
-    timesteps: int = 1000
-    schedule: str = "scaled_linear_beta"
-    beta_start: float = 0.0015
-    beta_end: float = 0.0195
 
     def __post_init__(self) -> None:
         from ..protocols import preset
 
-        for name in ("classes", "shape", "ae_channels", "unet_channels", "unet_attention"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
+        super().__post_init__()
         preset(self.preset)  # an unknown preset: ParameterError naming the choices
         if self.spade_channels < 1:
             raise ParameterError("LDMImagesConfig: spade_channels must be >= 1")
-        self._as_masks()  # the checks the two generators share
-
-    def _as_masks(self) -> LDMMasksConfig:
-        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(LDMMasksConfig) if hasattr(self, f.name)}
-        return LDMMasksConfig(**shared)
-
-    @property
-    def latent_shape(self) -> tuple[int, int, int, int]:
-        return self._as_masks().latent_shape
-
-    @property
-    def strides(self) -> tuple[int, ...]:
-        return ()
 
     @property
     def map_names(self) -> tuple[str, ...]:

@@ -42,8 +42,9 @@ STAGES = ("autoencoder", "diffusion")
 
 
 @dataclass(frozen=True)
-class LDMMasksConfig(ModelSettings):
-    """Mask generator (SPEC §14, seed 002): sizes of both networks, the working grid and the noise schedule.
+class LatentGeneratorConfig(ModelSettings):
+    """What both latent generators (masks here, SPADE images in :mod:`.images`) are made of: the working grid,
+    an autoencoder, a diffusion UNet and the noise schedule.  Each default lives here once.
 
     Parameters
     ----------
@@ -51,16 +52,12 @@ class LDMMasksConfig(ModelSettings):
         Channel names (:data:`~qmricore.ldm.labels.LDM_CLASSES`; stored so a model file describes itself).
     shape, spacing_mm
         Working grid (voxels) and its isotropic voxel size (mm) of the generated label maps.
-    reference_ml
-        The condition is ``ventricle volume (mL) / reference_ml`` (keeps it near 1).
     ae_channels, ae_res_blocks, latent_channels
-        AutoencoderKL feature channels per level, residual blocks per level, latent channels.
+        Autoencoder feature channels per level, residual blocks per level, latent channels.
     unet_channels, unet_attention, unet_res_blocks, num_head_channels
-        DiffusionModelUNet channels per level, attention per level, residual blocks, channels per attention head.
+        Diffusion UNet channels per level, attention per level, residual blocks, channels per attention head.
     norm_num_groups
         Group-norm groups of both networks (must divide every channel count).
-    context_dim
-        Width of the condition token.
     timesteps, schedule, beta_start, beta_end
         Noise schedule (MONAI scheduler names): training timesteps and beta range.
     """
@@ -68,7 +65,6 @@ class LDMMasksConfig(ModelSettings):
     classes: tuple[str, ...] = LDM_CLASSES
     shape: tuple[int, int, int] = (40, 48, 40)
     spacing_mm: float = 4.0
-    reference_ml: float = 50.0
     ae_channels: tuple[int, ...] = (16, 32, 32)
     ae_res_blocks: int = 1
     latent_channels: int = 3
@@ -77,40 +73,40 @@ class LDMMasksConfig(ModelSettings):
     unet_res_blocks: int = 1
     num_head_channels: int = 16
     norm_num_groups: int = 8
-    context_dim: int = 32
     timesteps: int = 1000
     schedule: str = "scaled_linear_beta"
     beta_start: float = 0.0015
     beta_end: float = 0.0195
 
     def __post_init__(self) -> None:
-        for name in ("classes", "shape", "ae_channels", "unet_channels", "unet_attention"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
+        name = type(self).__name__
+        for field_name in ("classes", "shape", "ae_channels", "unet_channels", "unet_attention"):
+            object.__setattr__(self, field_name, tuple(getattr(self, field_name)))
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
         if self.classes != LDM_CLASSES:
-            raise ParameterError(f"LDMMasksConfig: classes must be {list(LDM_CLASSES)}, got {list(self.classes)}")
-        if len(self.shape) != 3 or min(self.shape) < 1 or not self.spacing_mm > 0 or not self.reference_ml > 0:
-            raise ParameterError("LDMMasksConfig: need 3 positive shape values, spacing_mm > 0 and reference_ml > 0")
+            raise ParameterError(f"{name}: classes must be {list(LDM_CLASSES)}, got {list(self.classes)}")
+        if len(self.shape) != 3 or min(self.shape) < 1 or not self.spacing_mm > 0:
+            raise ParameterError(f"{name}: need 3 positive shape values and spacing_mm > 0")
         if len(self.ae_channels) < 1 or len(self.unet_channels) < 1 or len(self.unet_attention) != len(
                 self.unet_channels):
-            raise ParameterError("LDMMasksConfig: need ae_channels, unet_channels and one unet_attention per level")
+            raise ParameterError(f"{name}: need ae_channels, unet_channels and one unet_attention per level")
         channels = (*self.ae_channels, *self.unet_channels)
         if any(c < 1 or c % self.norm_num_groups for c in channels):
-            raise ParameterError(f"LDMMasksConfig: norm_num_groups {self.norm_num_groups} must divide every channel "
+            raise ParameterError(f"{name}: norm_num_groups {self.norm_num_groups} must divide every channel "
                                  f"count {list(channels)}")
         attended = [c for c, a in zip(self.unet_channels, self.unet_attention, strict=True) if a]
         for c in [*attended, self.unet_channels[-1]]:  # the UNet's middle block always attends
             if self.num_head_channels < 1 or c % self.num_head_channels:
-                raise ParameterError(f"LDMMasksConfig: num_head_channels {self.num_head_channels} must divide the "
+                raise ParameterError(f"{name}: num_head_channels {self.num_head_channels} must divide the "
                                      f"{c} channels of an attention level (and of the last level)")
         factor = self.downsampling * 2 ** (len(self.unet_channels) - 1)
         if any(s % factor for s in self.shape):
-            raise ParameterError(f"LDMMasksConfig: shape {list(self.shape)} must be a multiple of {factor} on every "
+            raise ParameterError(f"{name}: shape {list(self.shape)} must be a multiple of {factor} on every "
                                  "axis (autoencoder and UNet downsampling)")
-        if min(self.ae_res_blocks, self.unet_res_blocks, self.latent_channels, self.context_dim, self.timesteps) < 1:
-            raise ParameterError("LDMMasksConfig: block counts, latent_channels, context_dim, timesteps must be >= 1")
+        if min(self.ae_res_blocks, self.unet_res_blocks, self.latent_channels, self.timesteps) < 1:
+            raise ParameterError(f"{name}: block counts, latent_channels and timesteps must be >= 1")
         if not 0 < self.beta_start < self.beta_end < 1:
-            raise ParameterError("LDMMasksConfig: need 0 < beta_start < beta_end < 1")
+            raise ParameterError(f"{name}: need 0 < beta_start < beta_end < 1")
 
     @property
     def downsampling(self) -> int:
@@ -127,12 +123,33 @@ class LDMMasksConfig(ModelSettings):
         """The model file's window check: a generator has no input window."""
         return ()
 
+
+@dataclass(frozen=True)
+class LDMMasksConfig(LatentGeneratorConfig):
+    """Mask generator (SPEC §14, seed 002): :class:`LatentGeneratorConfig` and the condition.
+
+    Parameters
+    ----------
+    reference_ml
+        The condition is ``ventricle volume (mL) / reference_ml`` (keeps it near 1).
+    context_dim
+        Width of the condition token.
+    """
+
+    reference_ml: float = 50.0
+    context_dim: int = 32
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.reference_ml > 0 or self.context_dim < 1:
+            raise ParameterError("LDMMasksConfig: need reference_ml > 0 and context_dim >= 1")
+
     @property
     def map_names(self) -> tuple[str, ...]:
         return self.classes
 
 
-def make_scheduler(config: LDMMasksConfig) -> Any:
+def make_scheduler(config: LatentGeneratorConfig) -> Any:
     """MONAI ``DDIMScheduler`` of the config's noise schedule (noising for training, DDIM steps for sampling)."""
     from monai.networks.schedulers import DDIMScheduler
 
