@@ -24,6 +24,7 @@ SPADE UNet on its frozen latents, conditioned on the label map.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,35 @@ def load_autoencoder(path: str | os.PathLike[str], model: torch.nn.Module, kind:
         raise InputError(f"data.autoencoder: its autoencoder differs from the config's ({first})", path) from error
 
 
+def stage_model(config: Any, build: Callable[[Any], torch.nn.Module], sampler: Sampler, kind: str,
+                calibration_images: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], torch.nn.Module]:
+    """The loop's ``build_model`` for ``config.loss.stage``.  For the diffusion stage the first stage's
+    autoencoder (``data.autoencoder``, a ``kind`` model) is read and checked now, before anything is written, and
+    the latent scale is set from the :data:`CALIBRATION` samples (``calibration_images`` picks the images from a
+    batch's inputs); every build then loads both and freezes what the stage does not train."""
+    from .loop import seed_everything
+
+    stage = config.loss.stage
+    prepared: dict[str, Any] = {}
+    if stage == "diffusion":
+        seed_everything(config.loop.seed)
+        probe = build(config.network)
+        load_autoencoder(config.data.autoencoder, probe, kind=kind)
+        sampler.check_data()
+        images = calibration_images(sampler.batch(list(CALIBRATION))[0])
+        prepared = {"autoencoder": probe.autoencoder.state_dict(), "scale": latent_scale(probe, images)}
+
+    def build_model() -> torch.nn.Module:
+        model = build(config.network)
+        if prepared:
+            model.autoencoder.load_state_dict(prepared["autoencoder"])
+            model.scale_factor.fill_(prepared["scale"])
+        model.freeze_for(stage)
+        return model
+
+    return build_model
+
+
 def train_ldm_masks(
     config: LDMMasksTrainConfig,
     out_dir: str | os.PathLike[str],
@@ -116,29 +146,18 @@ def train_ldm_masks(
     progress: bool = True,
 ) -> Path:
     """Train (or resume) one stage of the mask generator; returns ``out_dir/model.pt``."""
-    from .loop import resolve_device, seed_everything, train_with_config
+    from .loop import resolve_device, train_with_config
 
     device = resolve_device(device)
     stage = config.loss.stage
     sampler = MaskSampler(config)
-    prepared: dict[str, Any] = {}
-    if stage == "diffusion":  # a bad autoencoder file fails before anything is written
-        seed_everything(config.loop.seed)
-        probe = build_ldm_masks(config.network)
-        load_autoencoder(config.data.autoencoder, probe)
-        sampler.check_data()
-        prepared = {"autoencoder": probe.autoencoder.state_dict(),
-                    "scale": latent_scale(probe, sampler.batch(list(CALIBRATION))[0])}
 
-    def build_model() -> LDMMasks:
-        model = build_ldm_masks(config.network)
+    def build(network: Any) -> LDMMasks:
+        model = build_ldm_masks(network)
         model.null_prob = config.loss.null_prob
-        if prepared:
-            model.autoencoder.load_state_dict(prepared["autoencoder"])
-            model.scale_factor.fill_(prepared["scale"])
-        model.freeze_for(stage)
         return model
 
+    build_model = stage_model(config, build, sampler, "ldm_masks", lambda images: images)
     loss = autoencoder_loss(config.loss.kl_weight, config.loss.dice_weight) if stage == "autoencoder" \
         else diffusion_loss
     info = {"task": "ldm_masks", "stage": stage, "iterations": config.loop.iterations, "seed": config.loop.seed,
@@ -188,28 +207,12 @@ def train_ldm_images(
 ) -> Path:
     """Train (or resume) one stage of the image generator; returns ``out_dir/model.pt``."""
     from ..ldm.images import build_ldm_images
-    from .loop import resolve_device, seed_everything, train_with_config
+    from .loop import resolve_device, train_with_config
 
     device = resolve_device(device)
     stage = config.loss.stage
     sampler = ImageSampler(config)
-    prepared: dict[str, Any] = {}
-    if stage == "diffusion":
-        seed_everything(config.loop.seed)
-        probe = build_ldm_images(config.network)
-        load_autoencoder(config.data.autoencoder, probe, kind="ldm_images")
-        sampler.check_data()
-        images = sampler.batch(list(CALIBRATION))[0][:, :1]
-        prepared = {"autoencoder": probe.autoencoder.state_dict(), "scale": latent_scale(probe, images)}
-
-    def build_model() -> torch.nn.Module:
-        model = build_ldm_images(config.network)
-        if prepared:
-            model.autoencoder.load_state_dict(prepared["autoencoder"])
-            model.scale_factor.fill_(prepared["scale"])
-        model.freeze_for(stage)
-        return model
-
+    build_model = stage_model(config, build_ldm_images, sampler, "ldm_images", lambda inputs: inputs[:, :1])
     loss = image_autoencoder_loss(config.loss.kl_weight) if stage == "autoencoder" else diffusion_loss
     info = {"task": "ldm_images", "stage": stage, "iterations": config.loop.iterations, "seed": config.loop.seed,
             "autoencoder": config.data.autoencoder, "preset": config.network.preset, "config": config_to_dict(config)}
