@@ -29,7 +29,7 @@ from ..datasets import sample_seed
 from ..errors import InputError
 from ..io import map_set_folders
 from ..models.networks import ESTIMATOR_MAPS, build_estimator
-from .config import EstimatorLossConfig, EstimatorTrainConfig, config_to_dict
+from .config import EstimatorLossConfig, EstimatorTrainConfig
 from .loop import Sampler
 from .seg import fit_shape, normalise, padded_shape
 
@@ -214,8 +214,7 @@ def train_estimator(
     from .loop import resolve_device, train_with_config
 
     device = resolve_device(device)
-    info = {"task": "estimator", "b0_ref": config.data.b0_ref, "iterations": config.loop.iterations,
-            "seed": config.loop.seed, "config": config_to_dict(config)}
+    info = {"b0_ref": config.data.b0_ref}
     return train_with_config(config, out_dir, EstimatorSampler(config, device),
                              build_model=lambda: build_estimator(config.network),
                              loss=estimator_loss(config.loss, config.loop.iterations), classes=ESTIMATOR_MAPS,

@@ -34,7 +34,7 @@ import torch
 from ..errors import InputError
 from ..ldm.labels import LDM_CLASSES, MaskSet
 from ..ldm.models import LDMMasks, build_ldm_masks, latent_scale
-from .config import LDMMasksTrainConfig, config_to_dict
+from .config import LDMMasksTrainConfig
 from .loop import Sampler
 
 #: Samples that set the latent scale factor (indices far above any run's steps, so not training samples).
@@ -160,8 +160,7 @@ def train_ldm_masks(
     build_model = stage_model(config, build, sampler, "ldm_masks", lambda images: images)
     loss = autoencoder_loss(config.loss.kl_weight, config.loss.dice_weight) if stage == "autoencoder" \
         else diffusion_loss
-    info = {"task": "ldm_masks", "stage": stage, "iterations": config.loop.iterations, "seed": config.loop.seed,
-            "autoencoder": config.data.autoencoder, "config": config_to_dict(config)}
+    info = {"stage": stage, "autoencoder": config.data.autoencoder}
     return train_with_config(config, out_dir, sampler, build_model=build_model, loss=loss, classes=LDM_CLASSES,
                              info=info, resume=resume, device=device, progress=progress)
 
@@ -214,7 +213,6 @@ def train_ldm_images(
     sampler = ImageSampler(config)
     build_model = stage_model(config, build_ldm_images, sampler, "ldm_images", lambda inputs: inputs[:, :1])
     loss = image_autoencoder_loss(config.loss.kl_weight) if stage == "autoencoder" else diffusion_loss
-    info = {"task": "ldm_images", "stage": stage, "iterations": config.loop.iterations, "seed": config.loop.seed,
-            "autoencoder": config.data.autoencoder, "preset": config.network.preset, "config": config_to_dict(config)}
+    info = {"stage": stage, "autoencoder": config.data.autoencoder, "preset": config.network.preset}
     return train_with_config(config, out_dir, sampler, build_model=build_model, loss=loss, classes=("image",),
                              info=info, resume=resume, device=device, progress=progress)

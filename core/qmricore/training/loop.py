@@ -83,14 +83,15 @@ class TrainingJob:
 
 def train_with_config(config: Any, out_dir: str | os.PathLike[str], sampler: Any, *,
                       build_model: Callable[[], nn.Module], loss: LossFn, classes: Sequence[str],
-                      info: Mapping[str, Any], resume: bool, device: torch.device, progress: bool) -> Path:
+                      info: Mapping[str, Any] | None = None, resume: bool, device: torch.device,
+                      progress: bool) -> Path:
     """What every trainer shares around :func:`run_training`.
 
     The output folder is checked first (it must be creatable and writable, and must not already hold a
     checkpoint unless resuming), then ``sampler.check_data()`` reads every data file; only then does rank 0
     write ``out_dir/config.json`` (kept on resume).  Batches come from ``sampler.batch``; the exported model
     file carries ``config.network``, ``sampler.preprocessing``, the training patch as its sliding window and
-    ``info`` (what the model records about its training).
+    what it records about its training: task, iterations, seed and the whole config, plus the trainer's ``info``.
     """
     from ..inference.window import WindowConfig
     from ..io import check_output_location, ensure_folder
@@ -98,6 +99,8 @@ def train_with_config(config: Any, out_dir: str | os.PathLike[str], sampler: Any
     from .config import config_to_dict, save_config
 
     window = WindowConfig(patch=config.data.patch_size) if config.data.patch_size else WindowConfig()
+    training = {"task": config.task, "iterations": config.loop.iterations, "seed": config.loop.seed, **(info or {}),
+                "config": config_to_dict(config)}
     out = Path(out_dir)
     check_output_location(out, folder=True)
     if (out / CHECKPOINT_NAME).exists() and not resume:
@@ -113,7 +116,7 @@ def train_with_config(config: Any, out_dir: str | os.PathLike[str], sampler: Any
 
     def export(model: nn.Module, path: Path) -> Path:
         return save_model(path, model, config.network, preprocessing=sampler.preprocessing, inference=window,
-                          training=dict(info))
+                          training=training)
 
     job = TrainingJob(build_model=build_model, make_batch=sampler.batch, loss=loss, export=export,
                       config=config_to_dict(config), loop=config.loop, optimizer=config.optimizer,

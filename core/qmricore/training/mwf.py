@@ -27,7 +27,7 @@ import torch
 
 from ..datasets import sample_seed
 from ..models.networks import build_mwf_net
-from .config import MWFTrainConfig, config_to_dict
+from .config import MWFTrainConfig
 from .estimator import BRAIN
 from .loop import Sampler
 
@@ -112,8 +112,5 @@ def train_mwf(
     from .loop import resolve_device, train_with_config
 
     device = resolve_device(device)
-    info = {"task": "mwf", "iterations": config.loop.iterations, "seed": config.loop.seed,
-            "config": config_to_dict(config)}
     return train_with_config(config, out_dir, MWFSampler(config), build_model=lambda: build_mwf_net(config.network),
-                             loss=mwf_loss, classes=("mwf",), info=info, resume=resume, device=device,
-                             progress=progress)
+                             loss=mwf_loss, classes=("mwf",), resume=resume, device=device, progress=progress)

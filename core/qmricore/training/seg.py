@@ -40,7 +40,7 @@ from ..errors import InputError, ParameterError
 from ..generators.priors import load_priors
 from ..io import label_file, map_set_folders, nifti_files, paired_files
 from ..models.networks import CLASS_SETS, build_segmenter
-from .config import SegTrainConfig, config_to_dict
+from .config import SegTrainConfig
 from .loop import Sampler
 
 RETRIES = 5  # synthetic draws tried per sample before giving up
@@ -353,10 +353,9 @@ def seg_loss(config: SegTrainConfig) -> Any:
 
 
 def training_info(config: SegTrainConfig) -> dict[str, Any]:
-    """What the exported model file records about its training."""
-    return {"task": "seg", "mode": config.data.mode, "real_fraction": config.data.real_fraction,
-            "sequences": list(config.data.sequences), "iterations": config.loop.iterations,
-            "seed": config.loop.seed, "config": config_to_dict(config)}
+    """What the exported model file records about a segmentation run beyond task, iterations, seed and config."""
+    return {"mode": config.data.mode, "real_fraction": config.data.real_fraction,
+            "sequences": list(config.data.sequences)}
 
 
 def train_segmentation(
