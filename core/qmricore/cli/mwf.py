@@ -90,10 +90,10 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"mask: not on the grid of {args.input} ({grid_difference(mask_volume, grid)})", args.mask)
         mask = mask_volume.data > 0
 
-    if args.method == "cnn":
-        return run_cnn(args, series, grid, mask, out)
-    config = NNLSConfig()
     voxels = int(np.count_nonzero(series.data[..., 0] > 0 if mask is None else mask & (series.data[..., 0] > 0)))
+    if args.method == "cnn":
+        return run_cnn(args, series, grid, mask, out, voxels)
+    config = NNLSConfig()
     lines = ProgressLines(args.progress_lines, voxels)
     with tqdm(total=voxels, unit="voxel", disable=not sys.stderr.isatty(), file=sys.stderr) as bar:
         result = fit_nnls(series.data, args.te, mask=mask, config=config, progress=lines.counting(bar.update),
@@ -142,8 +142,8 @@ class ProgressLines:
             print("RESULT " + json.dumps({**{k: str(v) for k, v in written.items()}, **extra}), flush=True)
 
 
-def run_cnn(args: argparse.Namespace, series: object, grid: object, mask: object, out: Path) -> int:
-    """``--method cnn``: the model's MWF map on the input's grid."""
+def run_cnn(args: argparse.Namespace, series: object, grid: object, mask: object, out: Path, voxels: int) -> int:
+    """``--method cnn``: the model's MWF map on the input's grid (``voxels``: how many have signal, for RESULT)."""
     import numpy as np
     from tqdm import tqdm
 
@@ -154,7 +154,6 @@ def run_cnn(args: argparse.Namespace, series: object, grid: object, mask: object
 
     device = resolve_device(args.device)
     model = load_model(args.model, device=device)
-    voxels = int(np.count_nonzero(series.data[..., 0] > 0 if mask is None else mask & (series.data[..., 0] > 0)))
     lines = ProgressLines(args.progress_lines, series.shape[2], unit="slice")
     with tqdm(total=series.shape[2], unit="slice", disable=not sys.stderr.isatty(), file=sys.stderr) as bar:
         mwf = estimate_mwf(series.data, args.te, model, mask=mask, device=device, progress=lines.counting(bar.update))
