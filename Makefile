@@ -23,7 +23,7 @@ test: setup
 	$(PY) -m pytest -q
 
 lint: setup
-	$(VENV)/bin/ruff check --config core/pyproject.toml core bench Testing Scripts QMRISynth/QMRISynthLib QMRISegment/QMRISegmentLib
+	$(VENV)/bin/ruff check --config core/pyproject.toml core bench Testing Scripts QMRICommon/QMRICommonLib QMRISynth/QMRISynthLib QMRISegment/QMRISegmentLib
 
 bench: setup
 	$(PY) bench/bench_simulate.py

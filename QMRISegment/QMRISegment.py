@@ -1,42 +1,33 @@
 """QMRISegment: lesion segmentation and qMRI estimation (MPRAGE -> PD, R1, R2*, MT) with trained models.
 
-Module / parameter node / Widget / Logic / Test in the Slicer 5 scripted-module shape.  Long work runs
-in a background process (``QMRISegmentLib.runner.BackgroundRunner``) that the widget polls with a timer;
-Apply turns into Cancel while it runs.  The computation is in the Qt-free ``QMRISegmentLib`` package.
+Module / parameter node / Widget / Logic / Test in the Slicer 5 scripted-module shape.  The Logic is the
+Qt-free ``QMRISegmentLib.logic.QMRISegmentLogic``; long work is a ``python -m qmricore ... --progress-lines``
+run in a ``QMRICommonLib.runner.BackgroundRunner`` that the widget polls with a timer; Apply turns into
+Cancel while it runs.  The Python packages it needs are installed on first use (``QMRICommonLib.dependencies``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
+import pathlib
 import unittest
+from typing import Annotated
 
 import numpy as np
 import qt
 import slicer
 import vtk
+from QMRICommonLib import dependencies
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
-    ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
-
-try:  # installed extension: both modules share one scripted-modules folder
-    import QMRISynthLib  # noqa: F401
-except ImportError:  # source tree: the sibling module folder
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "QMRISynth"))
-
-from QMRISegmentLib.logic import QMRISegmentLogic as SegmentCore
-from QMRISegmentLib.models import MODEL_TABLE_COLUMNS
-from QMRISegmentLib.parameters import segmentNodes, segmentParameters
-from QMRISegmentLib.runner import RunnerEvent
-from QMRISynthLib.parameters import makeParameterNodeClass
 
 #: How often the widget polls the background process (ms).
 POLL_INTERVAL_MS = 200
@@ -52,7 +43,7 @@ class QMRISegment(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("qMRI Segment")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
-        self.parent.dependencies = []
+        self.parent.dependencies = ["QMRICommon"]
         self.parent.contributors = ["qMRI synthesis team"]
         self.parent.helpText = _(
             "Segment stroke lesions in one or more images (modality tags; logits ensembled across modalities) "
@@ -67,13 +58,49 @@ class QMRISegment(ScriptedLoadableModule):
 
 
 #
-# QMRISegmentParameterNode: built from the one definition in QMRISegmentLib.parameters
+# QMRISegmentParameterNode
 #
 
-QMRISegmentParameterNode = makeParameterNodeClass(
-    "QMRISegmentParameterNode", __name__, segmentParameters(), segmentNodes(),
-    wrapper=parameterNodeWrapper, withinRange=WithinRange, choice=Choice,
-    nodeClass=lambda className: getattr(slicer, className))
+
+@parameterNodeWrapper
+class QMRISegmentParameterNode:
+    """The panel's parameters: the specs of ``QMRISegmentLib.parameters`` written out as the template has them
+    (``Testing/test_widgets.py`` checks that the two agree)."""
+
+    modality1: Annotated[str, Choice(["FLAIR", "T1w", "T2w", "DWI", "MPRAGE", "other"])] = "FLAIR"
+    modality2: Annotated[str, Choice(["FLAIR", "T1w", "T2w", "DWI", "MPRAGE", "other"])] = "T1w"
+    modality3: Annotated[str, Choice(["FLAIR", "T1w", "T2w", "DWI", "MPRAGE", "other"])] = "T2w"
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    testTimeAugmentation: bool = True
+    ensemble: bool = True
+    modelPath: pathlib.Path = pathlib.Path()
+    estimatorModelPath: pathlib.Path = pathlib.Path()
+    mwfMethod: Annotated[str, Choice(["NNLS", "CNN"])] = "NNLS"
+    mwfEchoSpacing: Annotated[float, WithinRange(5.0, 15.0)] = 10.0
+    mwfModelPath: pathlib.Path = pathlib.Path()
+    inputVolume1: slicer.vtkMRMLScalarVolumeNode
+    inputVolume2: slicer.vtkMRMLScalarVolumeNode
+    inputVolume3: slicer.vtkMRMLScalarVolumeNode
+    outputSegmentation: slicer.vtkMRMLSegmentationNode
+    outputTable: slicer.vtkMRMLTableNode
+    multiEchoSequence: slicer.vtkMRMLSequenceNode
+    mwfMask: slicer.vtkMRMLLabelMapVolumeNode
+    mwfVolume: slicer.vtkMRMLScalarVolumeNode
+
+
+#
+# QMRISegmentLogic: the Lib's logic class (QMRISegmentLib.logic), imported once its packages are installed
+#
+
+
+def __getattr__(name: str):
+    """``QMRISegment.QMRISegmentLogic`` is ``QMRISegmentLib.logic.QMRISegmentLogic``; it is imported on first use
+    because it needs PyTorch and the rest, which :mod:`QMRICommonLib.dependencies` installs on first use."""
+    if name == "QMRISegmentLogic":
+        from QMRISegmentLib.logic import QMRISegmentLogic
+
+        return QMRISegmentLogic
+    raise AttributeError(name)
 
 
 #
@@ -92,6 +119,7 @@ class QMRISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._jobButton = None
         self._pollTimer = None
         self._models = []
+        self._panel = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -99,6 +127,23 @@ class QMRISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
+        self._panel = uiWidget
+        self.connectLogic()
+
+    def connectLogic(self) -> bool:
+        """Create the Logic and wire the panel once the Python packages are there (asked for, and installed, on
+        first use); until then the panel is disabled and says why."""
+        if self.logic is not None:
+            return True
+        if not dependencies.ensureInSlicer():
+            self._panel.setEnabled(False)
+            self.ui.statusLabel.setText(_("Needs Python packages that are not installed yet: leave and re-enter "
+                                          "the module to be asked again."))
+            return False
+        self._panel.setEnabled(True)
+        from QMRISegmentLib.logic import QMRISegmentLogic
+        from QMRISegmentLib.models import MODEL_TABLE_COLUMNS
+
         self.logic = QMRISegmentLogic()
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -120,14 +165,16 @@ class QMRISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.initializeParameterNode()
         self.updateModelTable()
+        return True
 
     def cleanup(self) -> None:
         self.removeObservers()
         self.cancelJob()
 
     def enter(self) -> None:
-        self.initializeParameterNode()
-        self.updateModelTable()
+        if self.connectLogic():
+            self.initializeParameterNode()
+            self.updateModelTable()
 
     def exit(self) -> None:
         if self._parameterNode:
@@ -144,7 +191,9 @@ class QMRISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
+        if self.logic is None:
+            return
+        self.setParameterNode(QMRISegmentParameterNode(self.logic.getParameterNode()))
         if not self._parameterNode.inputVolume1:
             first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if first:
@@ -163,7 +212,7 @@ class QMRISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------ model list
     def updateModelTable(self, select=None) -> None:
         """Fill the model table from the Lib (shipped + imported models); select ``select`` or the current model."""
-        self._models, problems = self.logic.core.listModels("segmenter")
+        self._models, problems = self.logic.listModels("segmenter")
         table = self.ui.modelTableWidget
         current = str(select if select is not None else (self._parameterNode.modelPath if self._parameterNode else ""))
         table.blockSignals(True)
@@ -196,12 +245,12 @@ class QMRISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         with slicer.util.tryWithErrorDisplay(_("Could not import the SynthStroke model."), waitCursor=True):
             spacing = None
-            if self.logic.core.statedSpacing(source) is None:  # a raw checkpoint says nothing about its voxel size
+            if self.logic.statedSpacing(source) is None:  # a raw checkpoint says nothing about its voxel size
                 lowRes = slicer.util.confirmYesNoDisplay(
                     _("Was this model trained at 2 mm (the authors' low-resolution variant)? "
                       "Answer No for the standard 1 mm models."))
                 spacing = 2.0 if lowRes else 1.0
-            model = self.logic.core.importSynthStrokeModel(source, spacing=spacing)
+            model = self.logic.importSynthStrokeModel(source, spacing=spacing)
             self._parameterNode.modelPath = model.path
             self.updateModelTable(select=model.path)
             self.ui.statusLabel.setText(_("Imported {name} ({classes}); licence: {licence}").format(
@@ -226,7 +275,7 @@ class QMRISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def updateMwfMethods(self) -> None:
         """Enable the CNN method only when a model file is there; its tooltip says why not."""
         p = self._parameterNode
-        reason = self.logic.core.cnnUnavailableReason(p.mwfModelPath)
+        reason = self.logic.cnnUnavailableReason(p.mwfModelPath)
         combo = self.ui.mwfMethodComboBox
         item = combo.model().item(combo.findText("CNN"))
         if item is not None:
@@ -242,8 +291,8 @@ class QMRISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Could not start the segmentation."), waitCursor=True):
-            self._startJob("segment", self.logic.core.startSegmentation(
-                self.logic.core.inputsFromParameters(p), p.modelPath, p.testTimeAugmentation, p.device,
+            self._startJob("segment", self.logic.startSegmentation(
+                self.logic.inputsFromParameters(p), p.modelPath, p.testTimeAugmentation, p.device,
                 p.outputSegmentation, p.outputTable))
 
     def onEstimateButton(self) -> None:
@@ -251,10 +300,10 @@ class QMRISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.cancelJob()
             return
         p = self._parameterNode
-        mprage = next((node for node, modality in self.logic.core.inputsFromParameters(p) if modality == "MPRAGE"),
+        mprage = next((node for node, modality in self.logic.inputsFromParameters(p) if modality == "MPRAGE"),
                       p.inputVolume1)
         with slicer.util.tryWithErrorDisplay(_("Could not start the estimation."), waitCursor=True):
-            self._startJob("estimate", self.logic.core.startEstimation(
+            self._startJob("estimate", self.logic.startEstimation(
                 mprage, p.estimatorModelPath, p.testTimeAugmentation, p.device))
 
     def onEstimateMwfButton(self) -> None:
@@ -262,7 +311,7 @@ class QMRISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.cancelJob()
             return
         with slicer.util.tryWithErrorDisplay(_("Could not start the MWF estimation."), waitCursor=True):
-            self._startJob("mwf", self.logic.core.startMwfFromParameters(self._parameterNode))
+            self._startJob("mwf", self.logic.startMwfFromParameters(self._parameterNode))
 
     # ------------------------------------------------------------------ background job
     def _startJob(self, button: str, job) -> None:
@@ -280,6 +329,8 @@ class QMRISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.onPoll()
 
     def onPoll(self) -> None:
+        from QMRICommonLib.runner import RunnerEvent
+
         if self.job is None:
             return
         for event in self.job.runner.poll():
@@ -287,12 +338,14 @@ class QMRISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.progressBar.setValue(int(round(100 * event.fraction)))
                 self.ui.statusLabel.setText(event.message)
             elif event.kind is RunnerEvent.LOG:
-                logging.info("QMRISegment worker: %s", event.message)
+                logging.info("QMRISegment background run: %s", event.message)
             else:
                 self._finish(event)
                 return
 
     def _finish(self, event) -> None:
+        from QMRICommonLib.runner import RunnerEvent
+
         job, self.job = self.job, None
         self._pollTimer.stop()
         self.ui.progressBar.setVisible(False)
@@ -302,8 +355,8 @@ class QMRISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.setText(_("Cancelled."))
             return
         try:
-            nodes = self.logic.core.finishJob(job, event)
-        except Exception as error:  # the worker's last error line, shown, not swallowed
+            nodes = self.logic.finishJob(job, event)
+        except Exception as error:  # the run's last error line, shown, not swallowed
             self.ui.statusLabel.setText(str(error))
             slicer.util.errorDisplay(_("Failed: {message}").format(message=error))
             return
@@ -320,35 +373,6 @@ class QMRISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.setSliceViewerLayers(background=nodes.get("r1"))
             names = ", ".join(node.GetName() for node in nodes.values())
             self.ui.statusLabel.setText(_("Estimated: {maps}").format(maps=names))
-
-
-#
-# QMRISegmentLogic
-#
-
-
-class QMRISegmentLogic(ScriptedLoadableModuleLogic):
-    """Parameter node access; the computation is ``self.core`` (``QMRISegmentLib.logic.QMRISegmentLogic``)."""
-
-    def __init__(self) -> None:
-        ScriptedLoadableModuleLogic.__init__(self)
-        self.core = SegmentCore(slicer.mrmlScene)
-
-    def getParameterNode(self):
-        return QMRISegmentParameterNode(super().getParameterNode())
-
-    def segment(self, parameterNode, timeout=None) -> dict:
-        """Segment and wait (headless callers); returns the segmentation and table nodes."""
-        p = parameterNode
-        job = self.core.startSegmentation(self.core.inputsFromParameters(p), p.modelPath, p.testTimeAugmentation,
-                                          p.device, p.outputSegmentation, p.outputTable)
-        return self.core.run(job, timeout)
-
-    def estimateMwf(self, parameterNode, timeout=None):
-        """Estimate the MWF map and wait (headless callers); returns the MWF volume node."""
-        nodes = self.core.run(self.core.startMwfFromParameters(parameterNode), timeout)
-        parameterNode.mwfVolume = nodes["mwf"]
-        return nodes["mwf"]
 
 
 #
@@ -399,7 +423,9 @@ class QMRISegmentTest(ScriptedLoadableModuleTest):
         volume.GetIJKToRASMatrix(matrix)
         like = Volume(mask.transpose(2, 1, 0), slicer.util.arrayFromVTKMatrix(matrix))
         write_nifti(path, mask.transpose(2, 1, 0), like)
-        seg, table = QMRISegmentLogic().core.importSegmentation(path, volume)
+        from QMRISegmentLib.logic import QMRISegmentLogic
+
+        seg, table = QMRISegmentLogic().importSegmentation(path, volume)
         segmentId = seg.GetSegmentation().GetSegmentIdBySegmentName("Lesion")
         self.assertEqual(seg.GetSegmentation().GetSegment(segmentId).GetTerminology(), LESION_TERMINOLOGY)
         exported = slicer.util.arrayFromSegmentBinaryLabelmap(seg, segmentId, volume)
@@ -446,7 +472,7 @@ class QMRISegmentTest(ScriptedLoadableModuleTest):
         p = widget._parameterNode
         p.multiEchoSequence, p.mwfEchoSpacing, p.mwfMethod = sequence, 10.0, "NNLS"
         combo = widget.ui.mwfMethodComboBox
-        if widget.logic.core.cnnUnavailableReason(p.mwfModelPath):  # no shipped CNN: its item is disabled
+        if widget.logic.cnnUnavailableReason(p.mwfModelPath):  # no shipped CNN: its item is disabled
             self.assertFalse(combo.model().item(combo.findText("CNN")).isEnabled())
         widget.ui.estimateMwfButton.click()
         self.assertEqual(widget.ui.estimateMwfButton.text, "Cancel")

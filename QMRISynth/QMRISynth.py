@@ -1,8 +1,9 @@
 """QMRISynth: simulate MRI sequences from quantitative maps (PD, R1, R2*, MT) with live sliders.
 
-Module / parameter node / Widget / Logic / Test in the Slicer 5 scripted-module shape.  The computation
-lives in the Qt-free ``QMRISynthLib`` package next to this file (it also runs outside the app on a
-slicer-core MRML scene); this file only binds the panel to a parameter node and calls that Logic.
+Module / parameter node / Widget / Logic / Test in the Slicer 5 scripted-module shape.  The Logic is the
+Qt-free ``QMRISynthLib.logic.QMRISynthLogic`` (it also runs outside the app on a slicer-core MRML scene);
+this file binds the panel to a parameter node and calls that Logic.  The Python packages it needs are
+installed on first use (``QMRICommonLib.dependencies``).
 """
 
 from __future__ import annotations
@@ -10,28 +11,18 @@ from __future__ import annotations
 import logging
 import os
 import unittest
+from typing import Annotated
 
 import numpy as np
 import qt
 import slicer
 import vtk
-from QMRISynthLib.logic import QMRISynthLogic as SynthCore
-from QMRISynthLib.logic import SimulationSettings
-from QMRISynthLib.parameters import (
-    MULTI_ECHO,
-    SEQUENCE_PARAMETERS,
-    makeParameterNodeClass,
-    parametersOfSequence,
-    presetNames,
-    synthNodes,
-    synthParameters,
-)
+from QMRICommonLib import dependencies
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
-    ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
@@ -51,7 +42,7 @@ class QMRISynth(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("qMRI Synth")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Quantification")]
-        self.parent.dependencies = []
+        self.parent.dependencies = ["QMRICommon"]
         self.parent.contributors = ["qMRI synthesis team"]
         self.parent.helpText = _(
             "Simulate FSE, GRE/SPGR, FLAIR, MPRAGE and MP2RAGE images from quantitative maps (PD, R1, R2*, "
@@ -66,13 +57,63 @@ class QMRISynth(ScriptedLoadableModule):
 
 
 #
-# QMRISynthParameterNode: built from the one definition in QMRISynthLib.parameters
+# QMRISynthParameterNode
 #
 
-QMRISynthParameterNode = makeParameterNodeClass(
-    "QMRISynthParameterNode", __name__, synthParameters(), synthNodes(),
-    wrapper=parameterNodeWrapper, withinRange=WithinRange, choice=Choice,
-    nodeClass=lambda className: getattr(slicer, className))
+
+@parameterNodeWrapper
+class QMRISynthParameterNode:
+    """The panel's parameters: the specs of ``QMRISynthLib.parameters`` written out as the template has them
+    (``Testing/test_widgets.py`` checks that the two agree; the sequence ranges there come from
+    ``qmricore.protocols``)."""
+
+    sequence: Annotated[str, Choice(["gre", "fse", "flair", "mprage", "mp2rage", "cpmg"])] = "flair"
+    tr: Annotated[float, WithinRange(0.001, 10.0)] = 9.0
+    te: Annotated[float, WithinRange(0.001, 3.0)] = 0.1
+    ti: Annotated[float, WithinRange(0.001, 4.0)] = 2.5
+    flip: Annotated[float, WithinRange(1.0, 90.0)] = 25.0
+    tx: Annotated[float, WithinRange(0.003, 0.02)] = 0.0071
+    n: Annotated[int, WithinRange(1, 256)] = 176
+    ti2: Annotated[float, WithinRange(0.5, 6.0)] = 2.5
+    flip2: Annotated[float, WithinRange(1.0, 30.0)] = 5.0
+    multiEchoSource: Annotated[str, Choice(["maps", "label map"])] = "maps"
+    echoSpacing: Annotated[float, WithinRange(5.0, 15.0)] = 10.0
+    echoCount: Annotated[int, WithinRange(8, 48)] = 32
+    refocusAngle: Annotated[float, WithinRange(50.0, 180.0)] = 180.0
+    displayedEcho: Annotated[int, WithinRange(1, 48)] = 1
+    useB1t: bool = True
+    useB1r: bool = True
+    addNoise: bool = False
+    snr: Annotated[float, WithinRange(1.0, 200.0)] = 30.0
+    noiseSeed: Annotated[int, WithinRange(0, 999999)] = 0
+    liveUpdate: bool = True
+    qsynthSeed: Annotated[int, WithinRange(0, 999999)] = 0
+    sweptParameter: Annotated[str, Choice(["tr", "te", "ti", "flip", "tx", "n", "ti2", "flip2"])] = "tr"
+    pdVolume: slicer.vtkMRMLScalarVolumeNode
+    r1Volume: slicer.vtkMRMLScalarVolumeNode
+    r2sVolume: slicer.vtkMRMLScalarVolumeNode
+    mtVolume: slicer.vtkMRMLScalarVolumeNode
+    r2Volume: slicer.vtkMRMLScalarVolumeNode
+    b1tVolume: slicer.vtkMRMLScalarVolumeNode
+    b1rVolume: slicer.vtkMRMLScalarVolumeNode
+    labelVolume: slicer.vtkMRMLLabelMapVolumeNode
+    outputVolume: slicer.vtkMRMLScalarVolumeNode
+    signalTable: slicer.vtkMRMLTableNode
+
+
+#
+# QMRISynthLogic: the Lib's logic class (QMRISynthLib.logic), imported once its packages are installed
+#
+
+
+def __getattr__(name: str):
+    """``QMRISynth.QMRISynthLogic`` is ``QMRISynthLib.logic.QMRISynthLogic``; it is imported on first use because
+    it needs PyTorch and the rest, which :mod:`QMRICommonLib.dependencies` installs on first use."""
+    if name == "QMRISynthLogic":
+        from QMRISynthLib.logic import QMRISynthLogic
+
+        return QMRISynthLogic
+    raise AttributeError(name)
 
 
 #
@@ -89,6 +130,7 @@ class QMRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._simulating = False
         self._fullUpdateTimer = None
+        self._panel = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -96,6 +138,23 @@ class QMRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
+        self._panel = uiWidget
+        self.connectLogic()
+
+    def connectLogic(self) -> bool:
+        """Create the Logic and wire the panel once the Python packages are there (asked for, and installed, on
+        first use); until then the panel is disabled and says why."""
+        if self.logic is not None:
+            return True
+        if not dependencies.ensureInSlicer():
+            self._panel.setEnabled(False)
+            self.ui.statusLabel.setText(_("Needs Python packages that are not installed yet: leave and re-enter "
+                                          "the module to be asked again."))
+            return False
+        self._panel.setEnabled(True)
+        from QMRISynthLib.logic import QMRISynthLogic
+        from QMRISynthLib.parameters import SEQUENCE_PARAMETERS, presetNames
+
         self.logic = QMRISynthLogic()
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -130,6 +189,7 @@ class QMRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._fullUpdateTimer.timeout.connect(self.updateFullVolume)
 
         self.initializeParameterNode()
+        return True
 
     def cleanup(self) -> None:
         self.removeObservers()
@@ -137,7 +197,8 @@ class QMRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._fullUpdateTimer.stop()
 
     def enter(self) -> None:
-        self.initializeParameterNode()
+        if self.connectLogic():
+            self.initializeParameterNode()
 
     def exit(self) -> None:
         if self._parameterNode:
@@ -153,7 +214,9 @@ class QMRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
+        if self.logic is None:
+            return
+        self.setParameterNode(QMRISynthParameterNode(self.logic.getParameterNode()))
 
     def setParameterNode(self, inputParameterNode: QMRISynthParameterNode | None) -> None:
         if self._parameterNode:
@@ -168,9 +231,11 @@ class QMRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------ state
     def _ready(self) -> bool:
         p = self._parameterNode
-        return bool(p) and not self.logic.core.missingInputs(p)
+        return bool(p) and not self.logic.missingInputs(p)
 
     def onParameterNodeModified(self, caller=None, event=None) -> None:
+        from QMRISynthLib.parameters import MULTI_ECHO, SEQUENCE_PARAMETERS, parametersOfSequence
+
         p = self._parameterNode
         if p is None:
             return
@@ -189,7 +254,7 @@ class QMRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.echoSeriesButton.setEnabled(multiEcho and p.outputVolume is not None)
         self.ui.snrSliderWidget.setEnabled(p.addNoise)
         self.ui.noiseSeedSpinBox.setEnabled(p.addNoise)
-        missing = self.logic.core.missingInputs(p)
+        missing = self.logic.missingInputs(p)
         self.ui.applyButton.setEnabled(not missing)
         self.ui.applyButton.setToolTip(_("Simulate the whole volume") if not missing else missing)
         self.ui.synthesizeButton.setEnabled(p.labelVolume is not None)
@@ -207,18 +272,20 @@ class QMRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSliderDragged(self, name: str, value: float) -> None:
         """Update only the displayed planes with the value being dragged (the parameter node waits)."""
+        from QMRISynthLib.logic import SimulationSettings
+
         p = self._parameterNode
         if not (p and p.liveUpdate and self._ready() and p.outputVolume is not None):
             return
-        if self.logic.core.fromLabels(p):  # SynthMap paints the whole label map: it follows on release
+        if self.logic.fromLabels(p):  # SynthMap paints the whole label map: it follows on release
             return
         settings = SimulationSettings.fromParameters(p).withValue(name, value)
         if settings is None:
             return
         try:
-            mapNodes = self.logic.core.mapNodesFromParameters(p)
-            planes = self.logic.core.displayedPlanes(p.pdVolume, self._sliceNodes())
-            self.logic.core.simulatePlanes(mapNodes, settings, planes, p.outputVolume)
+            mapNodes = self.logic.mapNodesFromParameters(p)
+            planes = self.logic.displayedPlanes(p.pdVolume, self._sliceNodes())
+            self.logic.simulatePlanes(mapNodes, settings, planes, p.outputVolume)
             self._setStatus("")
         except ValueError as error:  # ParameterError / InputError: infeasible while dragging, say why
             self._setStatus(str(error))
@@ -237,7 +304,7 @@ class QMRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._simulating = True
         try:
             hadOutput = p.outputVolume is not None
-            output = self.logic.core.simulateFromParameters(p)
+            output = self.logic.simulateFromParameters(p)
             if not hadOutput:
                 slicer.util.setSliceViewerLayers(background=output, fit=True)
             return output
@@ -253,65 +320,47 @@ class QMRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if index <= 0 or self._parameterNode is None:
             return
         with slicer.util.tryWithErrorDisplay(_("Could not apply the preset."), waitCursor=True):
-            self.logic.core.applyPreset(self._parameterNode, self.ui.presetComboBox.currentText)
+            self.logic.applyPreset(self._parameterNode, self.ui.presetComboBox.currentText)
 
     def onLoadHMRIFolder(self) -> None:
         folder = qt.QFileDialog.getExistingDirectory(None, _("hMRI-toolbox results folder"))
         if not folder:
             return
         with slicer.util.tryWithErrorDisplay(_("Could not load the map set."), waitCursor=True):
-            nodes = self.logic.core.loadHMRIFolder(folder)
-            self.logic.core.assignMapNodes(self._parameterNode, nodes)
-            if self.logic.core.lastNotes:
-                self._setStatus("\n".join(self.logic.core.lastNotes))
+            nodes = self.logic.loadHMRIFolder(folder)
+            self.logic.assignMapNodes(self._parameterNode, nodes)
+            if self.logic.lastNotes:
+                self._setStatus("\n".join(self.logic.lastNotes))
 
     def onSynthesize(self) -> None:
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("qSynth failed."), waitCursor=True):
-            nodes = self.logic.core.synthesizeMaps(p.labelVolume, p.qsynthSeed)
-            self.logic.core.assignMapNodes(p, nodes)
+            nodes = self.logic.synthesizeMaps(p.labelVolume, p.qsynthSeed)
+            self.logic.assignMapNodes(p, nodes)
 
     def onExport(self) -> None:
         path = self.ui.exportPathLineEdit.currentPath
         with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
             if not path:
                 raise ValueError(_("choose a file name ending in .nii or .nii.gz"))
-            written = self.logic.core.exportNifti(self._parameterNode.outputVolume, path)
+            written = self.logic.exportNifti(self._parameterNode.outputVolume, path)
             self._setStatus(_("Written: {path}").format(path=written))
 
     def onEchoSeries(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Could not make the echo series."), waitCursor=True):
-            sequence = self.logic.core.echoSeriesSequence()
+            sequence = self.logic.echoSeriesSequence()
             self._setStatus(_("Echo series: {name} (choose it in qMRI Segment > Myelin water fraction)").format(
                 name=sequence.GetName()))
 
     def onPlot(self) -> None:
+        from QMRISynthLib.logic import SimulationSettings
+
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Could not plot the signal."), waitCursor=True):
-            table, chart = self.logic.core.signalCurves(SimulationSettings.fromParameters(p), p.sweptParameter,
-                                                        tableNode=p.signalTable)
+            table, chart = self.logic.signalCurves(SimulationSettings.fromParameters(p), p.sweptParameter,
+                                                   tableNode=p.signalTable)
             p.signalTable = table
             slicer.modules.plots.logic().ShowChartInLayout(chart)
-
-
-#
-# QMRISynthLogic
-#
-
-
-class QMRISynthLogic(ScriptedLoadableModuleLogic):
-    """Parameter node access; the computation is ``self.core`` (``QMRISynthLib.logic.QMRISynthLogic``)."""
-
-    def __init__(self) -> None:
-        ScriptedLoadableModuleLogic.__init__(self)
-        self.core = SynthCore(slicer.mrmlScene)
-
-    def getParameterNode(self):
-        return QMRISynthParameterNode(super().getParameterNode())
-
-    def simulate(self, parameterNode):
-        """Full simulation from a parameter node (headless callers: ``Slicer --python-script``)."""
-        return self.core.simulateFromParameters(parameterNode)
 
 
 #
@@ -345,11 +394,13 @@ class QMRISynthTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Simulation equals qmricore.physics.simulate, geometry kept")
         nodes, arrays, ijkToRas = self._maps()
+        from QMRISynthLib.logic import QMRISynthLogic
+
         logic = QMRISynthLogic()
-        p = logic.getParameterNode()
-        logic.core.assignMapNodes(p, nodes)
-        logic.core.applyPreset(p, "3T FLAIR")
-        output = logic.simulate(p)
+        p = QMRISynthParameterNode(logic.getParameterNode())
+        logic.assignMapNodes(p, nodes)
+        logic.applyPreset(p, "3T FLAIR")
+        output = logic.simulateFromParameters(p)
         expected = physics.simulate("flair", arrays, tr=p.tr, te=p.te, ti=p.ti)
         np.testing.assert_allclose(slicer.util.arrayFromVolume(output), expected, rtol=1e-6)
         matrix = vtk.vtkMatrix4x4()
@@ -363,7 +414,9 @@ class QMRISynthTest(ScriptedLoadableModuleTest):
         slicer.util.selectModule("QMRISynth")
         widget = slicer.modules.QMRISynthWidget
         p = widget._parameterNode
-        widget.logic.core.assignMapNodes(p, nodes)
+        widget.logic.assignMapNodes(p, nodes)
+        from QMRISynthLib.parameters import presetNames
+
         widget.ui.presetComboBox.setCurrentIndex(presetNames().index("T1 SPGR") + 1)
         self.assertEqual(p.sequence, "gre")
         widget.ui.applyButton.click()
@@ -387,7 +440,7 @@ class QMRISynthTest(ScriptedLoadableModuleTest):
         slicer.util.selectModule("QMRISynth")
         widget = slicer.modules.QMRISynthWidget
         p = widget._parameterNode
-        widget.logic.core.assignMapNodes(p, nodes)
+        widget.logic.assignMapNodes(p, nodes)
         p.sequence, p.multiEchoSource, p.echoSpacing, p.echoCount, p.refocusAngle, p.displayedEcho = (
             "cpmg", "maps", 10.0, 16, 180.0, 4)
         self.assertFalse(widget.ui.multiEchoGroupBox.isHidden())

@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-for _module in ("QMRISynth", "QMRISegment"):
+for _module in ("QMRICommon", "QMRISynth", "QMRISegment"):
     if str(ROOT / _module) not in sys.path:
         sys.path.insert(0, str(ROOT / _module))
 
@@ -80,7 +80,7 @@ def mapSetFolders(folder: Path) -> list[Path]:
 def loadImage(scene, path: Path):
     """A scalar volume node from a NIfTI file: Slicer's reader in the app, qmricore.io outside."""
     import slicer
-    from QMRISynthLib import headless, mrmlio
+    from QMRICommonLib import headless, mrmlio
 
     if headless.inApp():
         return slicer.util.loadVolume(str(path))
@@ -91,7 +91,7 @@ def segmentAndWrite(segmentLogic, node, modality: str, args: argparse.Namespace,
     """Segment one image node; write ``<stem>_lesion.nii.gz``; return (lesion mL, voxels)."""
     import numpy as np
     import slicer.util
-    from QMRISynthLib import mrmlio
+    from QMRICommonLib import mrmlio
 
     from qmricore.io import write_nifti
 
@@ -106,8 +106,9 @@ def segmentAndWrite(segmentLogic, node, modality: str, args: argparse.Namespace,
 
 
 def run(args: argparse.Namespace) -> int:
+    from QMRICommonLib import headless
     from QMRISegmentLib.logic import QMRISegmentLogic
-    from QMRISynthLib import QMRISynthLogic, SimulationSettings, headless
+    from QMRISynthLib import QMRISynthLogic, SimulationSettings
 
     from qmricore import protocols
 
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     status = main()
-    from QMRISynthLib import headless
+    from QMRICommonLib import headless
 
     if headless.inApp():
         import slicer

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-for folder in ("QMRISynth", "QMRISegment"):
+for folder in ("QMRICommon", "QMRISynth", "QMRISegment"):
     if str(ROOT / folder) not in sys.path:
         sys.path.insert(0, str(ROOT / folder))
 
 from QMRISegmentLib.parameters import segmentNodes, segmentParameters  # noqa: E402
-from QMRISynthLib.parameters import synthNodes, synthParameters, wrapperAnnotations  # noqa: E402
+from QMRISynthLib.parameters import synthNodes, synthParameters  # noqa: E402
 
 MODULES = {"QMRISynth": (synthParameters(), synthNodes()), "QMRISegment": (segmentParameters(), segmentNodes())}
 #: Widget classes Slicer's parameterNodeWrapper connects to each parameter kind (guiConnectors.py).
@@ -113,61 +113,50 @@ def test_module_code_uses_only_shared_pythonqt_pyside_syntax(module):
         assert not re.search(r"\.connect\(\s*['\"]", text), f"{path.name}: string-signal connect('signal(...)')"
         assert not re.search(r"\.disconnect\(\s*['\"]", text), path.name
         ast.parse(text)
-    for path in sorted((ROOT / module / f"{module}Lib").glob("*.py")):  # the Lib stays Qt-free
+    libs = [*sorted((ROOT / module / f"{module}Lib").glob("*.py")),
+            *sorted((ROOT / "QMRICommon" / "QMRICommonLib").glob("*.py"))]
+    for path in libs:  # the Libs stay Qt-free
         tree = ast.parse(path.read_text())
         imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
                     for alias in node.names}
         imported |= {node.module.split(".")[0] for node in ast.walk(tree)
                      if isinstance(node, ast.ImportFrom) and node.module}
         assert not imported & {"qt", "ctk", "PythonQt", "PySide6", "PyQt5"}, path.name
-        assert "ScriptedLoadableModule" not in path.read_text(), path.name
+        if path.name != "headless.py":  # the one place that picks the Logic base (the app's, or none)
+            assert "ScriptedLoadableModule" not in path.read_text(), path.name
 
 
 @pytest.mark.parametrize("module", MODULES)
 def test_module_file_has_the_slicer5_shape(module):
-    tree = ast.parse((ROOT / module / f"{module}.py").read_text())
-    classes = {node.name: [ast.unparse(b) for b in node.bases] for node in tree.body if isinstance(node, ast.ClassDef)}
-    assert classes[module] == ["ScriptedLoadableModule"]
-    assert classes[f"{module}Widget"] == ["ScriptedLoadableModuleWidget", "VTKObservationMixin"]
-    assert classes[f"{module}Logic"] == ["ScriptedLoadableModuleLogic"]
-    assert classes[f"{module}Test"] == ["ScriptedLoadableModuleTest"]
+    """Module / declarative parameter node / Widget / Logic / Test, as Slicer's scripted-module template has it;
+    the Logic is the Lib's class (no wrapper around it), the shared Lib is a module dependency (no sys.path)."""
     source = (ROOT / module / f"{module}.py").read_text()
-    assert f'{module}ParameterNode = makeParameterNodeClass(' in source and "wrapper=parameterNodeWrapper" in source
+    tree = ast.parse(source)
+    classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+    bases = {name: [ast.unparse(b) for b in node.bases] for name, node in classes.items()}
+    assert bases[module] == ["ScriptedLoadableModule"]
+    assert bases[f"{module}Widget"] == ["ScriptedLoadableModuleWidget", "VTKObservationMixin"]
+    assert bases[f"{module}Test"] == ["ScriptedLoadableModuleTest"]
+    wrapper = classes[f"{module}ParameterNode"]
+    assert [ast.unparse(d) for d in wrapper.decorator_list] == ["parameterNodeWrapper"]
+    assert all(isinstance(item, ast.AnnAssign) for item in wrapper.body[1:])  # a readable list, nothing built
+    assert f"{module}Logic" not in classes and "sys.path" not in source and ".core." not in source
+    assert 'self.parent.dependencies = ["QMRICommon"]' in source
+    lib = (ROOT / module / f"{module}Lib" / "logic.py").read_text()
+    assert f"class {module}Logic(LogicBase):" in lib
+    for folder in (module, "QMRICommon"):
+        cmake = (ROOT / folder / "CMakeLists.txt").read_text()
+        assert "slicerMacroBuildScriptedModule" in cmake and f"add_subdirectory({folder})" in (
+            ROOT / "CMakeLists.txt").read_text()
+        for path in sorted((ROOT / folder / f"{folder}Lib").glob("*.py")):
+            assert f"{folder}Lib/{path.name}" in cmake, f"{path.name} missing from MODULE_PYTHON_SCRIPTS"
     cmake = (ROOT / module / "CMakeLists.txt").read_text()
-    assert "slicerMacroBuildScriptedModule" in cmake
-    for lib in sorted((ROOT / module / f"{module}Lib").glob("*.py")):
-        assert f"{module}Lib/{lib.name}" in cmake, f"{lib.name} missing from MODULE_PYTHON_SCRIPTS"
     for resource in ("Resources/Icons/${MODULE_NAME}.png", "Resources/UI/${MODULE_NAME}.ui"):
         assert resource in cmake
     assert (ROOT / module / "Resources" / "Icons" / f"{module}.png").stat().st_size > 1000
-    assert f"add_subdirectory({module})" in (ROOT / "CMakeLists.txt").read_text()
     assert (ROOT / module / "Testing" / "Python" / "CMakeLists.txt").is_file()
-
-
-@pytest.mark.parametrize("module", MODULES)
-def test_wrapper_annotations_carry_the_ranges(module):
-    """The wrapper class the module builds: Annotated[float, WithinRange(lo, hi)] from the Lib specs."""
-    from typing import get_args
-
-    class WithinRange:  # the wrapper's validators only need to be called; record the arguments
-        def __init__(self, lo, hi):
-            self.range = (lo, hi)
-
-    class Choice:
-        def __init__(self, choices):
-            self.choices = choices
-
-    scalars, nodes = MODULES[module]
-    annotations, defaults = wrapperAnnotations(scalars, nodes, withinRange=WithinRange, choice=Choice,
-                                               nodeClass=lambda name: name)
-    for spec in scalars:
-        args = get_args(annotations[spec.name])
-        if spec.minimum is not None:
-            assert args[0] is spec.kind and args[1].range == (spec.minimum, spec.maximum)
-        elif spec.choices is not None:
-            assert args[1].choices == list(spec.choices)
-        assert defaults[spec.name] == spec.default
-    assert {n.name: annotations[n.name] for n in nodes} == {n.name: n.className for n in nodes}
+    assert (ROOT / "CMakeLists.txt").read_text().index("add_subdirectory(QMRICommon)") < (
+        ROOT / "CMakeLists.txt").read_text().index(f"add_subdirectory({module})")
 
 
 def test_standin_panels_load_and_render(tmp_path):
@@ -197,6 +186,7 @@ def test_standin_panels_load_and_render(tmp_path):
 def test_module_file_executes_with_stub_app_modules(module, monkeypatch):
     """Import ``<Module>.py`` with STUBS for the app-only modules (qt, ctk, ScriptedLoadableModule, the wrapper):
     catches errors at import time and checks the parameter-node class it builds (real typing, real MRML classes)."""
+    import importlib
     import importlib.util
     import types
     import typing
@@ -227,13 +217,22 @@ def test_module_file_executes_with_stub_app_modules(module, monkeypatch):
     cls = getattr(loaded, f"{module}ParameterNode")
     hints = typing.get_type_hints(cls, include_extras=True)  # what parameterNodeWrapper itself calls
     scalars, nodes = MODULES[module]
-    assert set(hints) == {s.name for s in scalars} | {n.name for n in nodes}
+    # the declarative class and the Lib's specs agree: names, kinds, defaults, ranges, choices, node classes
+    assert list(hints) == [s.name for s in scalars] + [n.name for n in nodes]
     for n in nodes:
         assert hints[n.name] is getattr(slicer, n.className)
     for s in scalars:
-        assert getattr(cls, s.name) == s.default
+        assert getattr(cls, s.name) == s.default and type(getattr(cls, s.name)) is type(s.default), s.name
+        kind, *validators = typing.get_args(hints[s.name]) or (hints[s.name],)
+        assert kind is (Path if isinstance(s.default, Path) else s.kind), s.name
         if s.minimum is not None:
-            assert typing.get_args(hints[s.name])[1].args == (s.minimum, s.maximum)
+            assert [v.args for v in validators] == [(s.minimum, s.maximum)], s.name
+        elif s.choices is not None:
+            assert [v.args for v in validators] == [(list(s.choices),)], s.name
+        else:
+            assert validators == [], s.name
+    lib = importlib.import_module(f"{module}Lib.logic")
+    assert getattr(loaded, f"{module}Logic") is getattr(lib, f"{module}Logic")  # the module's Logic is the Lib's
 
 
 def test_segment_model_list_widgets():
@@ -254,7 +253,7 @@ def test_segment_model_list_widgets():
     assert "self.ui.modelTableWidget.itemSelectionChanged.connect(self.onModelSelected)" in code
     # the chooser writes the picked model into the parameter node, and the import goes through the Logic
     assert "self._parameterNode.modelPath = self._models[row].path" in code
-    assert "self.logic.core.importSynthStrokeModel(" in code and "self.logic.core.listModels(" in code
+    assert "self.logic.importSynthStrokeModel(" in code and "self.logic.listModels(" in code
 
 
 def test_standin_model_table_shows_the_shipped_models(tmp_path):
@@ -294,7 +293,7 @@ def test_multi_echo_widgets_of_qmrisynth():
     for name in ("echoSpacing", "refocusAngle"):  # dragging updates the slices, release the volume
         assert re.search(rf'self\.ui\.{name}SliderWidget\.valueIsChanging\.connect\(\s*lambda value: '
                          rf'self\.onSliderDragged\("{name}", value\)\)', code), name
-    assert "self.logic.core.echoSeriesSequence()" in code and "self.logic.core.missingInputs(p)" in code
+    assert "self.logic.echoSeriesSequence()" in code and "self.logic.missingInputs(p)" in code
 
 
 def test_mwf_widgets_of_qmrisegment():
@@ -306,9 +305,9 @@ def test_mwf_widgets_of_qmrisegment():
     assert prop(found["mwfVolumeSelector"], "addEnabled") is True
     code = (ROOT / "QMRISegment" / "QMRISegment.py").read_text()
     assert "self.ui.estimateMwfButton.clicked.connect(self.onEstimateMwfButton)" in code
-    assert 'self._startJob("mwf", self.logic.core.startMwfFromParameters(self._parameterNode))' in code
+    assert 'self._startJob("mwf", self.logic.startMwfFromParameters(self._parameterNode))' in code
     assert 'self.ui.estimateMwfButton.setText(_("Cancel") if running and self._jobButton == "mwf"' in code
-    assert "self.logic.core.cnnUnavailableReason(p.mwfModelPath)" in code
+    assert "self.logic.cnnUnavailableReason(p.mwfModelPath)" in code
 
 
 def test_standin_cnn_item_is_disabled_with_the_reason(tmp_path):

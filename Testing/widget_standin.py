@@ -256,7 +256,7 @@ def findWidget(panel: QWidget, name: str) -> QWidget | None:
 
 def moduleSpecs(module: str) -> dict:
     """The module's scalar parameter specs by name (from its Lib, the one definition)."""
-    for folder in ("QMRISynth", "QMRISegment"):
+    for folder in ("QMRICommon", "QMRISynth", "QMRISegment"):
         if str(ROOT / folder) not in sys.path:
             sys.path.insert(0, str(ROOT / folder))
     if module == "QMRISynth":

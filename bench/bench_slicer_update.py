@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "QMRISynth"), str(ROOT / "QMRISegment")]
+sys.path[:0] = [str(ROOT / "QMRICommon"), str(ROOT / "QMRISynth"), str(ROOT / "QMRISegment")]
 
 
 def sliceNode(scene, name: str, normal, point) -> object:
@@ -59,7 +59,9 @@ def main() -> int:
     args = parser.parse_args()
 
     import torch
-    from QMRISynthLib import QMRISynthLogic, ScriptedNodeParameters, SimulationSettings, headless, mrmlio
+    from QMRICommonLib import headless, mrmlio
+    from QMRICommonLib.parameters import ScriptedNodeParameters
+    from QMRISynthLib import QMRISynthLogic, SimulationSettings
     from QMRISynthLib.parameters import synthNodes, synthParameters
 
     from qmricore import physics

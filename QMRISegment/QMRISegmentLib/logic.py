@@ -1,22 +1,22 @@
 """QMRISegment computation on MRML nodes, without Qt.
 
 * :meth:`QMRISegmentLogic.startSegmentation` writes the input volume nodes to NIfTI in a temporary
-  folder and starts the worker (:mod:`.worker`) in a :class:`~.runner.BackgroundRunner`;
+  folder and runs ``python -m qmricore segment ... --progress-lines`` in a
+  :class:`~QMRICommonLib.runner.BackgroundRunner`;
   :meth:`QMRISegmentLogic.finishJob` turns its output into MRML nodes: a segmentation node with one
   terminology-coded "Lesion" segment on the first input's grid, and a table with the lesion volume in mL.
-* :meth:`QMRISegmentLogic.startEstimation` does the same for qMRI estimation (MPRAGE -> PD, R1, R2*,
+* :meth:`QMRISegmentLogic.startEstimation` does the same with ``qmricore estimate`` (MPRAGE -> PD, R1, R2*,
   MT volume nodes on the MPRAGE's grid).
 * :meth:`QMRISegmentLogic.startMwf` writes a multi-echo series (a volume sequence node: what Slicer 5 makes of a
   4D NIfTI) as one 4D NIfTI and runs ``python -m qmricore mwf ... --progress-lines`` in the same runner; the
   MWF map comes back as a scalar volume node on the first echo's exact grid.
 
-Everything a user can get wrong (no input, no model file, a failed worker) raises or reports one line.
+Everything a user can get wrong (no input, no model file, a failed run) raises or reports one line.
 """
 
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,9 +26,11 @@ from typing import Any
 import numpy as np
 import slicer
 import vtk
-from QMRISynthLib import mrmlio
-from QMRISynthLib.logic import MAP_ATTRIBUTE, MAP_TITLES
-from QMRISynthLib.parameters import MS_PER_S
+from QMRICommonLib import mrmlio
+from QMRICommonLib.headless import LogicBase
+from QMRICommonLib.mrmlio import MAP_ATTRIBUTE, MAP_TITLES
+from QMRICommonLib.parameters import MS_PER_S
+from QMRICommonLib.runner import BackgroundRunner, Event, RunnerEvent, qmricoreCommand
 
 from qmricore.errors import InputError
 from qmricore.io import Volume, read_volume, write_nifti
@@ -36,9 +38,7 @@ from qmricore.mwf.nnls import MIN_ECHOES, check_te
 
 from . import models
 from .models import MODEL_FOLDERS, ModelInfo
-from .runner import BackgroundRunner, Event, RunnerEvent
 
-WORKER = Path(__file__).with_name("worker.py")
 DEFAULT_SEGMENTER = "lesion_seg_qsynth.pt"
 DEFAULT_ESTIMATOR = "qatlas_estimator.pt"
 #: The shipped CNN MWF estimator, when there is one (Resources/Models/); without it CNN needs a chosen file.
@@ -93,10 +93,12 @@ def voxelVolumeMl(node: Any) -> float:
     return abs(float(np.linalg.det(mrmlio.ijkToRas(node)[:3, :3]))) / 1000.0
 
 
-class QMRISegmentLogic:
-    """Segmentation and estimation jobs and their import into MRML nodes."""
+class QMRISegmentLogic(LogicBase):
+    """Segmentation and estimation jobs and their import into MRML nodes: the module's Logic (``QMRISegment.py``
+    hands this class out as ``QMRISegmentLogic``)."""
 
     def __init__(self, scene: Any = None, modelFolder: Path | None = None) -> None:
+        LogicBase.__init__(self)
         self.scene = scene if scene is not None else slicer.mrmlScene
         #: Where imported models go (None: :func:`.models.userModelFolder`, read at each use).
         self.modelFolder = modelFolder
@@ -152,16 +154,19 @@ class QMRISegmentLogic:
 
     # ------------------------------------------------------------------ jobs
     @staticmethod
-    def workerCommand(kind: str, inputs: Sequence[Path], model: Path, output: Path, tta: bool = True,
-                      device: str = "auto") -> list[str]:
-        """The worker's command line (``sys.executable worker.py ...``)."""
-        command = [sys.executable, str(WORKER), kind, "--model", str(model), "--device", device]
-        for path in inputs:
-            command += ["--input", str(path)]
-        command += ["--out", str(output)] if kind == "segment" else ["--out-dir", str(output)]
-        if not tta:
-            command.append("--no-tta")
-        return command
+    def segmentCommand(inputs: Sequence[tuple[Path, str]], model: Path, mask: Path, tta: bool = True,
+                       device: str = "auto") -> list[str]:
+        """``python -m qmricore segment ... --progress-lines`` for NIfTI inputs with their modality tags."""
+        arguments: list[object] = ["segment", "--model", model, "--out", mask, "--device", device]
+        for path, modality in inputs:
+            arguments += ["--input", path, "--modality", modality]
+        return qmricoreCommand(*arguments, *([] if tta else ["--no-tta"]))
+
+    @staticmethod
+    def estimateCommand(mprage: Path, model: Path, out: Path, tta: bool = True, device: str = "auto") -> list[str]:
+        """``python -m qmricore estimate ... --progress-lines``: PD, R1, R2s, MT NIfTI files into ``out``."""
+        return qmricoreCommand("estimate", "--model", model, "--input", mprage, "--out", out, "--device", device,
+                               *([] if tta else ["--no-tta"]))
 
     def startSegmentation(self, inputs: Sequence[tuple[Any, str]], model: Any = None, tta: bool = True,
                           device: str = "auto", segmentationNode: Any = None, tableNode: Any = None) -> Job:
@@ -172,8 +177,9 @@ class QMRISegmentLogic:
         folder = Path(tempfile.mkdtemp(prefix="qmrisegment-"))
         try:
             paths = self.writeInputs(inputs, folder)
-            runner = BackgroundRunner(self.workerCommand("segment", paths, modelPath, folder / "lesion_mask.nii.gz",
-                                                         tta, device)).start()
+            command = self.segmentCommand(list(zip(paths, (m for _, m in inputs), strict=True)), modelPath,
+                                          folder / "lesion_mask.nii.gz", tta, device)
+            runner = BackgroundRunner(command).start()
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -188,8 +194,7 @@ class QMRISegmentLogic:
         folder = Path(tempfile.mkdtemp(prefix="qmriestimate-"))
         try:
             paths = self.writeInputs([(mprageNode, "MPRAGE")], folder)
-            runner = BackgroundRunner(self.workerCommand("estimate", paths, modelPath, folder / "maps", tta,
-                                                         device)).start()
+            runner = BackgroundRunner(self.estimateCommand(paths[0], modelPath, folder / "maps", tta, device)).start()
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -199,7 +204,7 @@ class QMRISegmentLogic:
         """Import a finished job's result into nodes (and remove its temporary folder).
 
         Returns the new nodes: ``{"segmentation", "table"}`` or the maps by key.  A FAILED event raises
-        :class:`~qmricore.errors.QMRIError`-style ``RuntimeError`` with the worker's last error line.
+        :class:`~qmricore.errors.QMRIError`-style ``RuntimeError`` with the run's last error line.
         """
         try:
             if event.kind is RunnerEvent.FAILED:
@@ -223,6 +228,18 @@ class QMRISegmentLogic:
         """Wait for a job (batch use) and import its result; raises on failure."""
         events = job.runner.wait(timeout)
         return self.finishJob(job, events[-1])
+
+    def segment(self, p: Any, timeout: float | None = None) -> dict[str, Any]:
+        """Segment with a parameter node's settings and wait (batch use); returns the segmentation and table nodes."""
+        job = self.startSegmentation(self.inputsFromParameters(p), p.modelPath, p.testTimeAugmentation, p.device,
+                                     p.outputSegmentation, p.outputTable)
+        return self.run(job, timeout)
+
+    def estimateMwf(self, p: Any, timeout: float | None = None) -> Any:
+        """Estimate the MWF map with a parameter node's settings and wait (batch use); returns the MWF volume node."""
+        nodes = self.run(self.startMwfFromParameters(p), timeout)
+        p.mwfVolume = nodes["mwf"]
+        return nodes["mwf"]
 
     # ------------------------------------------------------------------ myelin water fraction
     @staticmethod
@@ -284,13 +301,12 @@ class QMRISegmentLogic:
     def mwfCommand(series: Path, te: float, out: Path, model: Path | None = None,
                    mask: Path | None = None) -> list[str]:
         """``python -m qmricore mwf ... --progress-lines``; ``--method cnn --model M`` only with a CNN model."""
-        command = [sys.executable, "-m", "qmricore", "mwf", "--input", str(series), "--te", repr(float(te)),
-                   "--out", str(out), "--progress-lines"]
+        arguments: list[object] = ["mwf", "--input", series, "--te", repr(float(te)), "--out", out]
         if model is not None:
-            command += ["--method", "cnn", "--model", str(model)]
+            arguments += ["--method", "cnn", "--model", model]
         if mask is not None:
-            command += ["--mask", str(mask)]
-        return command
+            arguments += ["--mask", mask]
+        return qmricoreCommand(*arguments)
 
     def startMwf(self, sequenceNode: Any, te: float, method: str = "NNLS", model: Any = None, maskNode: Any = None,
                  outputNode: Any = None) -> Job:
@@ -359,7 +375,7 @@ class QMRISegmentLogic:
                            model: Path | None = None) -> tuple[Any, Any]:
         """A lesion mask file -> a "Lesion" segment (coded, coloured) and a lesion-volume table row.
 
-        The mask must be on the reference volume's grid (the worker writes it so); the segment gets the
+        The mask must be on the reference volume's grid (``qmricore segment`` writes it so); the segment gets the
         reference's exact IJK-to-RAS.
         """
         mask = read_volume(maskPath, what="lesion mask")

@@ -1,14 +1,14 @@
 """Parameter definitions of QMRISegment (names, types, defaults, choices, node classes): the one place.
 
 ``QMRISegment.py`` builds its ``@parameterNodeWrapper`` class from these; the tests and the headless
-:class:`~QMRISynthLib.parameters.ScriptedNodeParameters` read them too.
+:class:`~QMRICommonLib.parameters.ScriptedNodeParameters` read them too.
 """
 
 from __future__ import annotations
 
 import pathlib
 
-from QMRISynthLib.parameters import NodeSpec, ParameterSpec, echoSpacingSpec
+from QMRICommonLib.parameters import NodeSpec, ParameterSpec, echoSpacingSpec
 
 from qmricore.devices import DEVICE_CHOICES
 

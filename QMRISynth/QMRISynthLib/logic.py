@@ -11,7 +11,7 @@ with SynthMap (:mod:`qmricore.generators.synthmap`: three water pools, B1 field,
 series is kept, so moving the echo slider only copies one echo.
 
 Parameters are read by attribute name from any object that has them: the module's ``parameterNodeWrapper``
-instance in the app, :class:`~QMRISynthLib.parameters.ScriptedNodeParameters` headless, or a
+instance in the app, :class:`~QMRICommonLib.parameters.ScriptedNodeParameters` headless, or a
 :class:`SimulationSettings` built directly.
 """
 
@@ -28,27 +28,25 @@ import numpy as np
 import slicer
 import slicer.util
 import torch
+from QMRICommonLib import mrmlio
+from QMRICommonLib.headless import LogicBase
+from QMRICommonLib.mrmlio import MAP_ATTRIBUTE, MAP_TITLES
+from QMRICommonLib.parameters import MS_PER_S
 
 from qmricore import physics, protocols
 from qmricore.errors import InputError, ParameterError
 from qmricore.io import load_map_set
 
-from . import mrmlio
 from .parameters import (
     MAP_NODE_PARAMETERS,
-    MS_PER_S,
     MULTI_ECHO,
     MULTI_ECHO_SOURCES,
     SEQUENCE_PARAMETERS,
     parametersOfSequence,
 )
 
-#: Node attribute naming the qMRI quantity a volume node holds (``pd``, ``r1``...), set on loaded maps.
-MAP_ATTRIBUTE = "QMRI.Map"
 #: Node attribute holding the JSON of the qSynth draw that made a map node (to reproduce it).
 DRAW_ATTRIBUTE = "QMRI.qSynthDraw"
-#: Display names of the maps.
-MAP_TITLES = {"pd": "PD", "r1": "R1", "r2s": "R2s", "mt": "MT", "r2": "R2", "b1t": "B1t", "b1r": "B1r"}
 #: Maps that must not hold negative values (SPEC §13: negative rates are an error).
 NONNEGATIVE_MAPS = ("pd", "r1", "r2s", "r2", "mt")
 #: Number of points along the swept parameter in the signal plot.
@@ -141,10 +139,12 @@ class _MapCache:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-class QMRISynthLogic:
-    """Simulation, map loading, qSynth and plotting on MRML nodes (headless or in the app)."""
+class QMRISynthLogic(LogicBase):
+    """Simulation, map loading, qSynth and plotting on MRML nodes (headless or in the app): the module's Logic
+    (``QMRISynth.py`` hands this class out as ``QMRISynthLogic``)."""
 
     def __init__(self, scene: Any = None) -> None:
+        LogicBase.__init__(self)
         self.scene = scene if scene is not None else slicer.mrmlScene
         self._cache = _MapCache()
         self._noise: tuple[tuple[int, ...], int, np.ndarray, np.ndarray] | None = None

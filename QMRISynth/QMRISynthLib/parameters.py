@@ -1,11 +1,8 @@
-"""Parameter definitions shared by the parameter-node wrapper, the headless Logic and the tests.
+"""Parameters of QMRISynth: name, type, default, range (sliders), choices (combo boxes), node classes.
 
-Every parameter of QMRISynth is declared here exactly once (QMRISegment's in ``QMRISegmentLib.parameters``,
-with the same :class:`ParameterSpec`): name, type,
-default, bounded range (sliders), choices (combo boxes) and the MRML node class of node references.
-``<Module>.py`` builds its ``@parameterNodeWrapper`` class from these lists, the ``.ui`` sliders carry
-the same ranges (a test checks), and :class:`ScriptedNodeParameters` stores the same values in a
-``vtkMRMLScriptedModuleNode`` with the same string encoding as Slicer's wrapper, for headless use.
+The specs (:class:`~QMRICommonLib.parameters.ParameterSpec`) are what the headless Logic and the tests
+read; ``QMRISynth.py`` declares the same parameters in its ``@parameterNodeWrapper`` class, and
+``Testing/test_widgets.py`` checks that the two and the ``.ui`` ranges agree.
 
 Sequence-parameter ranges and defaults come from :mod:`qmricore.protocols` (the one place where the
 sampling distributions and presets live): the slider range of a parameter is the hull of every sampling
@@ -18,9 +15,10 @@ angles degrees.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from functools import cache
 from typing import Any
+
+from QMRICommonLib.parameters import NodeSpec, ParameterSpec, echoSpacingSpec
 
 from qmricore import protocols
 from qmricore.generators.synthmap import DEFAULT_CONFIG as SYNTHMAP_DEFAULTS
@@ -54,57 +52,6 @@ DEFAULT_PRESET = "3T FLAIR"
 SNR_RANGE = (1.0, 200.0)
 SNR_DEFAULT = 30.0
 SEED_RANGE = (0, 999999)
-
-
-@dataclass(frozen=True)
-class ParameterSpec:
-    """One scalar parameter of a module.
-
-    ``kind`` is ``float``, ``int``, ``bool`` or ``str``; numbers have ``minimum``/``maximum`` (the slider or
-    spin-box range, also the wrapper's ``WithinRange``), strings with ``choices`` are combo boxes.
-    """
-
-    name: str
-    kind: type
-    default: Any
-    minimum: float | None = None
-    maximum: float | None = None
-    choices: tuple[str, ...] | None = None
-    label: str = ""
-    unit: str = ""
-    decimals: int | None = None
-    step: float | None = None
-
-    def encode(self, value: Any) -> str:
-        """The string the parameter node stores (Slicer's wrapper serializers: ``str(v)``, "True"/"False")."""
-        if self.kind is bool:
-            return "True" if value else "False"
-        return str(self.kind(value))
-
-    def decode(self, text: str) -> Any:
-        if self.kind is bool:
-            return text == "True"
-        return self.kind(text)  # pathlib.Path("") is Path("."), as in Slicer's PathSerializer
-
-    def check(self, value: Any) -> Any:
-        """``value`` as ``kind``, raising ValueError when outside the range or the choices."""
-        if self.kind is int and not float(value).is_integer():
-            raise ValueError(f"{self.name} must be an integer, got {value}")
-        value = self.kind(value)
-        if self.minimum is not None and not (self.minimum <= value <= self.maximum):
-            raise ValueError(f"{self.name} = {value} is outside [{self.minimum}, {self.maximum}]")
-        if self.choices is not None and value not in self.choices:
-            raise ValueError(f"{self.name} = {value!r} is not one of {', '.join(self.choices)}")
-        return value
-
-
-@dataclass(frozen=True)
-class NodeSpec:
-    """A node reference of a module (stored as a node reference, like the wrapper's NodeSerializer)."""
-
-    name: str
-    className: str
-    label: str = ""
 
 
 def _support(dist: dict[str, Any]) -> tuple[float, float]:
@@ -193,21 +140,6 @@ def _sequenceSpec(name: str) -> ParameterSpec:
                          decimals=1 if degrees else 4, step=0.5 if degrees else 0.0005)
 
 
-#: Milliseconds per second: echo spacings are shown in ms in the panels and passed to qmricore in seconds.
-MS_PER_S = 1000.0
-
-
-def echoSpacingSpec(name: str, label: str = "Echo spacing TE") -> ParameterSpec:
-    """The echo spacing of a multi-echo spin echo, in ms: SynthMap's default and drawn range (its TE prior).
-
-    Shared by QMRISynth (simulation) and QMRISegment (MWF estimation), so both panels offer the range the
-    generator trains on; ``qmricore mwf`` itself takes any TE in (0, 1] s.
-    """
-    low, high = SYNTHMAP_DEFAULTS.te_range
-    return ParameterSpec(name, float, SYNTHMAP_DEFAULTS.te * MS_PER_S, low * MS_PER_S, high * MS_PER_S,
-                         label=label, unit="ms", decimals=2, step=0.1)
-
-
 def multiEchoParameters() -> tuple[ParameterSpec, ...]:
     """The CPMG parameters: SynthMap's defaults and drawn ranges (echo spacing, echo count, nominal refocusing
     angle); the refocusing angle spans the NNLS fit's range (``NNLSConfig.min_angle`` to the flip bound)."""
@@ -260,76 +192,3 @@ def synthNodes() -> tuple[NodeSpec, ...]:
 #: Map keys of qmricore and the node parameter holding each.
 MAP_NODE_PARAMETERS = {"pd": "pdVolume", "r1": "r1Volume", "r2s": "r2sVolume", "mt": "mtVolume",
                        "r2": "r2Volume", "b1t": "b1tVolume", "b1r": "b1rVolume"}
-
-class ScriptedNodeParameters:
-    """Typed attribute access to a ``vtkMRMLScriptedModuleNode``, without Qt.
-
-    Stores exactly what Slicer's ``parameterNodeWrapper`` stores (``SetParameter(name, str)`` for numbers
-    and strings, ``"True"/"False"`` for booleans, a node reference plus an empty parameter for nodes), so a
-    scene saved from the app loads here and the other way round.  The Logic reads parameters through
-    attribute names only, so it takes this object and the app's wrapper alike.
-    """
-
-    def __init__(self, node: Any, scalars: tuple[ParameterSpec, ...], nodes: tuple[NodeSpec, ...]) -> None:
-        object.__setattr__(self, "parameterNode", node)
-        object.__setattr__(self, "_scalars", {s.name: s for s in scalars})
-        object.__setattr__(self, "_nodes", {s.name: s for s in nodes})
-        for spec in scalars:
-            if not node.HasParameter(spec.name):
-                node.SetParameter(spec.name, spec.encode(spec.default))
-        for spec in nodes:
-            if not node.HasParameter(spec.name):
-                node.SetParameter(spec.name, "")
-
-    def __getattr__(self, name: str) -> Any:
-        scalars, nodes = self.__dict__["_scalars"], self.__dict__["_nodes"]
-        node = self.__dict__["parameterNode"]
-        if name in scalars:
-            return scalars[name].decode(node.GetParameter(name))
-        if name in nodes:
-            return node.GetNodeReference(name)
-        raise AttributeError(name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in self._scalars:
-            spec = self._scalars[name]
-            self.parameterNode.SetParameter(name, spec.encode(spec.check(value)))
-        elif name in self._nodes:
-            self.parameterNode.SetParameter(name, "")
-            self.parameterNode.SetNodeReferenceID(name, value.GetID() if value is not None else None)
-        else:
-            raise AttributeError(f"no parameter {name!r}")
-
-
-def wrapperAnnotations(scalars: tuple[ParameterSpec, ...], nodes: tuple[NodeSpec, ...], *, withinRange: Any,
-                       choice: Any, nodeClass: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Annotations and defaults of a ``@parameterNodeWrapper`` class built from the specs.
-
-    ``withinRange`` and ``choice`` are the wrapper's ``WithinRange`` and ``Choice`` validators and
-    ``nodeClass(name)`` returns the MRML class of that name (the module passes ``slicer``'s); they are
-    arguments so that this module needs neither Qt nor the app.  Numbers become
-    ``Annotated[float, WithinRange(lo, hi)]``, strings with choices ``Annotated[str, Choice([...])]``.
-    """
-    from typing import Annotated
-
-    annotations: dict[str, Any] = {}
-    defaults: dict[str, Any] = {}
-    for spec in scalars:
-        if spec.minimum is not None:
-            annotations[spec.name] = Annotated[spec.kind, withinRange(spec.minimum, spec.maximum)]
-        elif spec.choices is not None:
-            annotations[spec.name] = Annotated[spec.kind, choice(list(spec.choices))]
-        else:
-            annotations[spec.name] = spec.kind
-        defaults[spec.name] = spec.default
-    for spec in nodes:
-        annotations[spec.name] = nodeClass(spec.className)
-    return annotations, defaults
-
-
-def makeParameterNodeClass(name: str, module: str, scalars: tuple[ParameterSpec, ...], nodes: tuple[NodeSpec, ...],
-                           *, wrapper: Any, withinRange: Any, choice: Any, nodeClass: Any) -> type:
-    """``wrapper(class name: annotations = defaults)``: the module's parameter node class from the specs."""
-    annotations, defaults = wrapperAnnotations(scalars, nodes, withinRange=withinRange, choice=choice,
-                                               nodeClass=nodeClass)
-    return wrapper(type(name, (), {"__annotations__": annotations, "__module__": module, **defaults}))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-for module in ("QMRISynth", "QMRISegment"):
+for module in ("QMRICommon", "QMRISynth", "QMRISegment"):
     if str(ROOT / module) not in sys.path:
         sys.path.insert(0, str(ROOT / module))
 
@@ -16,7 +16,7 @@ for module in ("QMRISynth", "QMRISegment"):
 @pytest.fixture
 def scene():
     """A new vtkMRMLScene installed as ``slicer.mrmlScene`` (with real module logics in ``slicer.modules``)."""
-    from QMRISynthLib.headless import newScene
+    from QMRICommonLib.headless import newScene
 
     scene = newScene()
     yield scene

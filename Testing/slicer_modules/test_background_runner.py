@@ -8,7 +8,8 @@ import textwrap
 import time
 
 import pytest
-from QMRISegmentLib.runner import BackgroundRunner, RunnerEvent, processGroupMembers
+from process_helpers import processGroupMembers
+from QMRICommonLib.runner import BackgroundRunner, RunnerEvent
 
 SCRIPT = textwrap.dedent("""
     import json, subprocess, sys, time

@@ -1,4 +1,5 @@
-"""QMRISegmentLib on a real MRML scene: lesion segment + table, estimated maps, and the real worker."""
+"""QMRISegmentLib on a real MRML scene: lesion segment + table, estimated maps, and real background
+``qmricore segment|estimate --progress-lines`` runs."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import slicer
 import slicer.util
 import torch
 from mrml_helpers import SHAPE_KJI, oblique_ijk_to_ras
-from QMRISegmentLib import LESION_COLOR, LESION_TERMINOLOGY, QMRISegmentLogic, RunnerEvent
+from QMRICommonLib import mrmlio
+from QMRICommonLib.parameters import ScriptedNodeParameters
+from QMRICommonLib.runner import RunnerEvent
+from QMRISegmentLib import LESION_COLOR, LESION_TERMINOLOGY, QMRISegmentLogic
 from QMRISegmentLib.parameters import segmentNodes, segmentParameters
-from QMRISynthLib import ScriptedNodeParameters, mrmlio
 
 from qmricore.errors import InputError
 from qmricore.io import Volume, read_volume, write_nifti
@@ -110,7 +113,7 @@ def tiny_model(path, kind):
 
 
 @pytest.mark.slow
-def test_worker_segments_in_the_background_like_the_library(scene, reference, tmp_path):
+def test_background_segment_run_matches_the_library(scene, reference, tmp_path):
     pytest.importorskip("qmricore.inference.predict")
     model = tiny_model(tmp_path / "seg.pt", "segmenter")
     logic = QMRISegmentLogic(scene)
@@ -127,7 +130,7 @@ def test_worker_segments_in_the_background_like_the_library(scene, reference, tm
     expected = mask_file.data.transpose(2, 1, 0).astype(np.uint8)
     np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(seg, segment_id, reference), expected)
     assert slicer.util.arrayFromTableColumn(out["table"], "Volume (mL)")[0] == pytest.approx(out["lesion_ml"], rel=1e-6)
-    # the same model in this process gives the same mask (the worker adds nothing of its own)
+    # the same model in this process gives the same mask (the background run adds nothing of its own)
     from qmricore.inference.predict import segment
     from qmricore.models.model_file import load_model
 
@@ -136,7 +139,7 @@ def test_worker_segments_in_the_background_like_the_library(scene, reference, tm
 
 
 @pytest.mark.slow
-def test_worker_estimates_maps_onto_the_mprage_grid(scene, reference, tmp_path):
+def test_background_estimate_run_puts_maps_on_the_mprage_grid(scene, reference, tmp_path):
     pytest.importorskip("qmricore.inference.predict")
     model = tiny_model(tmp_path / "est.pt", "estimator")
     logic = QMRISegmentLogic(scene)
@@ -152,14 +155,14 @@ def test_worker_estimates_maps_onto_the_mprage_grid(scene, reference, tmp_path):
 
 
 @pytest.mark.slow
-def test_worker_failure_reaches_the_user(scene, reference, tmp_path):
+def test_background_run_failure_reaches_the_user(scene, reference, tmp_path):
     bad = tmp_path / "not_a_model.pt"
     bad.write_text("this is not a model")
     logic = QMRISegmentLogic(scene)
     job = logic.startSegmentation([(reference, "FLAIR")], bad, device="cpu")
     events = job.runner.wait(timeout=120)
     assert events[-1].kind is RunnerEvent.FAILED
-    assert str(bad) in events[-1].message and events[-1].message.startswith("error: ")
+    assert str(bad) in events[-1].message and events[-1].message.startswith("qmricore segment: error: ")
     with pytest.raises(RuntimeError, match="not_a_model.pt"):
         logic.finishJob(job, events[-1])
     assert not job.folder.exists()

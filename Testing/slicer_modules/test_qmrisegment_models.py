@@ -11,9 +11,9 @@ import json
 import pytest
 import torch
 from monai.networks.nets import UNet
+from QMRICommonLib.parameters import ScriptedNodeParameters
 from QMRISegmentLib import MODEL_TABLE_COLUMNS, QMRISegmentLogic
 from QMRISegmentLib.parameters import segmentNodes, segmentParameters
-from QMRISynthLib import ScriptedNodeParameters
 
 from qmricore.errors import InputError
 from qmricore.models.synthstroke import LICENCE, SOURCE

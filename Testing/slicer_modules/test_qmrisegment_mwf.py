@@ -13,11 +13,13 @@ import pytest
 import slicer
 import slicer.util
 from mrml_helpers import oblique_ijk_to_ras
-from QMRISegmentLib import QMRISegmentLogic, RunnerEvent
+from process_helpers import processGroupMembers
+from QMRICommonLib import mrmlio
+from QMRICommonLib.parameters import ScriptedNodeParameters
+from QMRICommonLib.runner import RunnerEvent
+from QMRISegmentLib import QMRISegmentLogic
 from QMRISegmentLib.logic import MWF_METHOD_ATTRIBUTE
 from QMRISegmentLib.parameters import MWF_METHODS, segmentNodes, segmentParameters
-from QMRISegmentLib.runner import processGroupMembers
-from QMRISynthLib import ScriptedNodeParameters, mrmlio
 
 from qmricore.errors import InputError, ParameterError
 from qmricore.generators.synthmap import DEFAULT_CONFIG
@@ -126,10 +128,11 @@ def test_cnn_needs_a_model_and_passes_it_on_the_command_line(scene, series, tmp_
     assert logic.cnnUnavailableReason(model) == ""
     command = logic.mwfCommand(tmp_path / "me.nii.gz", 0.008, tmp_path / "out", model, tmp_path / "mask.nii.gz")
     assert command == [sys.executable, "-m", "qmricore", "mwf", "--input", str(tmp_path / "me.nii.gz"),
-                       "--te", "0.008", "--out", str(tmp_path / "out"), "--progress-lines",
-                       "--method", "cnn", "--model", str(model), "--mask", str(tmp_path / "mask.nii.gz")]
+                       "--te", "0.008", "--out", str(tmp_path / "out"),
+                       "--method", "cnn", "--model", str(model), "--mask", str(tmp_path / "mask.nii.gz"),
+                       "--progress-lines"]
     nnls = logic.mwfCommand(tmp_path / "me.nii.gz", 0.008, tmp_path / "out")
-    assert nnls == command[:11]
+    assert nnls == [*command[:10], "--progress-lines"]
 
 
 def test_cnn_with_the_shipped_model_runs_end_to_end(scene, tmp_path):
@@ -145,7 +148,7 @@ def test_cnn_with_the_shipped_model_runs_end_to_end(scene, tmp_path):
     sequence = load_sequence(scene, tmp_path / "me32.nii.gz")
     logic = QMRISegmentLogic(scene)
     job = logic.startMwf(sequence, 0.01, method="CNN")
-    assert job.runner.command[-2:] == ["--model", str(logic.mwfModel(None))]
+    assert job.runner.command[-3:] == ["--model", str(logic.mwfModel(None)), "--progress-lines"]
     out = logic.run(job, timeout=300)["mwf"]
     assert out.GetAttribute(MWF_METHOD_ATTRIBUTE) == "CNN"
     np.testing.assert_array_equal(mrmlio.ijkToRas(out), mrmlio.ijkToRas(logic.echoNodes(sequence)[0]))

@@ -7,7 +7,9 @@ import pytest
 import slicer
 import slicer.util
 from mrml_helpers import SHAPE_KJI, oblique_ijk_to_ras
-from QMRISynthLib import QMRISynthLogic, ScriptedNodeParameters, SimulationSettings, mrmlio, synthNodes, synthParameters
+from QMRICommonLib import mrmlio
+from QMRICommonLib.parameters import ScriptedNodeParameters
+from QMRISynthLib import QMRISynthLogic, SimulationSettings, synthNodes, synthParameters
 from QMRISynthLib.parameters import SEQUENCE_PARAMETERS, parametersOfSequence, sequenceParameterRange
 
 from qmricore import physics, protocols

@@ -10,7 +10,9 @@ import pytest
 import slicer
 import slicer.util
 from mrml_helpers import SHAPE_KJI, oblique_ijk_to_ras
-from QMRISynthLib import QMRISynthLogic, ScriptedNodeParameters, SimulationSettings, mrmlio, synthNodes, synthParameters
+from QMRICommonLib import mrmlio
+from QMRICommonLib.parameters import ScriptedNodeParameters
+from QMRISynthLib import QMRISynthLogic, SimulationSettings, synthNodes, synthParameters
 from QMRISynthLib.logic import ECHO_ATTRIBUTE, SYNTHMAP_ATTRIBUTE
 from QMRISynthLib.parameters import MULTI_ECHO, MULTI_ECHO_PARAMETERS, parametersOfSequence, sequenceNames
 

@@ -2,6 +2,7 @@
 
 Writes ``<prefix>PD.nii.gz`` (percent water), ``<prefix>R1.nii.gz`` (1/s), ``<prefix>R2s.nii.gz`` (1/s) and
 ``<prefix>MT.nii.gz`` (percent units) on the MPRAGE's exact grid, each atomically, after all are computed.
+With ``--progress-lines`` it follows :mod:`qmricore.cli.progress_lines` (QMRISegment runs it so).
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import sys
 from pathlib import Path
 
 from ..devices import DEVICE_CHOICES
+from . import progress_lines
+from .progress_lines import ProgressLines
 
 #: Output file name per map key (hMRI-toolbox style, readable by ``qmricore simulate --hmri-folder``).
 FILE_NAMES = {"pd": "PD", "r1": "R1", "r2s": "R2s", "mt": "MT"}
-
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-tta", action="store_true", help="skip the 8-flip test-time augmentation")
     parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
                         help="compute device (default auto: CUDA when available)")
+    progress_lines.add_argument(parser)
     parser.set_defaults(run=run)
 
 
@@ -48,12 +51,19 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("output must be a folder", out)
     check_outputs([out / f"{args.prefix}{name}.nii.gz" for name in FILE_NAMES.values()], [args.input, args.model],
                   folders=[out])
+    lines = ProgressLines(args.progress_lines)
     device = resolve_device(args.device)
+    lines.line(0.02, "reading the MPRAGE")
     volume = read_volume(args.input, what="MPRAGE")
+    lines.line(0.05, f"loading the model for {device.type}")
     model = load_model(args.model, device="cpu")
+    lines.line(0.1, "estimating PD, R1, R2*, MT")
     with warnings_to_stderr("estimate"):
         maps = estimate_maps(model, volume, tta=not args.no_tta, device=device, progress=sys.stderr.isatty())
-    for key, data in maps.items():
-        path = write_nifti(out / f"{args.prefix}{FILE_NAMES[key]}.nii.gz", data, like=volume)
-        print(f"{key}: {path}")
+    written = {}
+    for index, (key, data) in enumerate(maps.items()):
+        lines.line(0.9 + 0.1 * index / len(maps), f"writing {key}")
+        written[key] = write_nifti(out / f"{args.prefix}{FILE_NAMES[key]}.nii.gz", data, like=volume)
+        print(f"{key}: {written[key]}")
+    lines.result({"maps": written, "device": device.type})
     return 0

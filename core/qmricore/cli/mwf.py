@@ -15,10 +15,11 @@ With ``--progress-lines`` it also prints ``PROGRESS <fraction> <message>`` lines
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
+
+from . import progress_lines
+from .progress_lines import ProgressLines
 
 METHODS = ("nnls", "cnn")
 #: Output file per result.
@@ -47,9 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--spectrum", action="store_true", help="also write the 4D T2 spectrum")
     parser.add_argument("--workers", type=int, metavar="N", help="--method nnls: processes fitting in parallel "
                                                                    "(default: every usable CPU core)")
-    parser.add_argument("--progress-lines", action="store_true",
-                        help="print 'PROGRESS <fraction> <message>' lines and a last 'RESULT <json>' line on stdout "
-                             "(for a program that follows the run, such as QMRISegment)")
+    progress_lines.add_argument(parser)
     parser.set_defaults(run=run)
 
 
@@ -94,9 +93,10 @@ def run(args: argparse.Namespace) -> int:
     if args.method == "cnn":
         return run_cnn(args, series, grid, mask, out, voxels)
     config = NNLSConfig()
-    lines = ProgressLines(args.progress_lines, voxels)
+    lines = ProgressLines(args.progress_lines)
     with tqdm(total=voxels, unit="voxel", disable=not sys.stderr.isatty(), file=sys.stderr) as bar:
-        result = fit_nnls(series.data, args.te, mask=mask, config=config, progress=lines.counting(bar.update),
+        result = fit_nnls(series.data, args.te, mask=mask, config=config,
+                          progress=lines.counting(bar.update, voxels, "voxel", "fitting"),
                           workers=args.workers)
 
     outputs = {"mwf": result.mwf, "t2gm": result.t2gm, "flip": result.flip}
@@ -110,36 +110,8 @@ def run(args: argparse.Namespace) -> int:
         path = write_nifti(out / FILE_NAMES["spectrum"], result.spectrum.astype(np.float32), like=spectrum_grid)
         written["spectrum"] = path
         print(f"spectrum: {path}")
-    lines.result(written, voxels=voxels)
+    lines.result({**written, "voxels": voxels})
     return 0
-
-
-# --progress-lines: the line protocol of QMRISegment's BackgroundRunner (QMRISegment/QMRISegmentLib/runner.py)
-class ProgressLines:
-    """``PROGRESS <fraction> <message>`` lines while voxels (NNLS) or slices (CNN) are done and one ``RESULT <json>``
-    line at the end, on stdout and flushed at once; does nothing unless ``enabled``.  The fraction is units done /
-    ``total``."""
-
-    def __init__(self, enabled: bool, total: int, unit: str = "voxel") -> None:
-        self.enabled, self.total, self.done, self.unit = enabled, total, 0, unit
-        self.line(0.0, f"fitting {total} {unit}(s)")
-
-    def line(self, fraction: float, message: str) -> None:
-        if self.enabled:
-            print(f"PROGRESS {fraction:.4f} {message}", flush=True)
-
-    def counting(self, update: Callable[[int], object]) -> Callable[[int], None]:
-        """``update`` (the progress bar's), followed by a PROGRESS line per batch of voxels."""
-        def step(count: int) -> None:
-            update(count)
-            self.done += count
-            self.line(self.done / self.total if self.total else 1.0, f"{self.done} of {self.total} {self.unit}(s) done")
-        return step
-
-    def result(self, written: dict[str, Path], **extra: object) -> None:
-        if self.enabled:
-            self.line(1.0, "done")
-            print("RESULT " + json.dumps({**{k: str(v) for k, v in written.items()}, **extra}), flush=True)
 
 
 def run_cnn(args: argparse.Namespace, series: object, grid: object, mask: object, out: Path, voxels: int) -> int:
@@ -154,10 +126,11 @@ def run_cnn(args: argparse.Namespace, series: object, grid: object, mask: object
 
     device = resolve_device(args.device)
     model = load_model(args.model, device=device)
-    lines = ProgressLines(args.progress_lines, series.shape[2], unit="slice")
+    lines = ProgressLines(args.progress_lines)
     with tqdm(total=series.shape[2], unit="slice", disable=not sys.stderr.isatty(), file=sys.stderr) as bar:
-        mwf = estimate_mwf(series.data, args.te, model, mask=mask, device=device, progress=lines.counting(bar.update))
+        mwf = estimate_mwf(series.data, args.te, model, mask=mask, device=device,
+                           progress=lines.counting(bar.update, series.shape[2], "slice", "fitting"))
     path = write_nifti(out / FILE_NAMES["mwf"], mwf.astype(np.float32), like=grid)
     print(f"mwf: {path}")
-    lines.result({"mwf": path}, voxels=voxels)
+    lines.result({"mwf": path, "voxels": voxels})
     return 0

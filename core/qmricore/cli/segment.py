@@ -1,7 +1,8 @@
 """``qmricore segment``: lesion segmentation of one subject's image(s) with a segmenter model file.
 
 Every input is read and checked before any computation; the mask (and optional lesion probability) is
-written atomically on the first input's exact grid, and the lesion volume is printed in mL.
+written atomically on the first input's exact grid, and the lesion volume is printed in mL.  With
+``--progress-lines`` it follows :mod:`qmricore.cli.progress_lines` (QMRISegment runs it so).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..devices import DEVICE_CHOICES
+from . import progress_lines
+from .progress_lines import ProgressLines
 
 
 @contextlib.contextmanager
@@ -54,6 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-tta", action="store_true", help="skip the 8-flip test-time augmentation (8x faster)")
     parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
                         help="compute device (default auto: CUDA when available)")
+    progress_lines.add_argument(parser)
     parser.set_defaults(run=run)
 
 
@@ -71,12 +75,17 @@ def run(args: argparse.Namespace) -> int:
         if nifti_stem(path) is None:
             raise InputError("output must end in .nii or .nii.gz", path)
     check_outputs(outputs, [*args.input, args.model])
+    lines = ProgressLines(args.progress_lines)
     device = resolve_device(args.device)
+    lines.line(0.02, "reading the input image(s)")
     volumes = [read_volume(p, what="input image") for p in args.input]
+    lines.line(0.05, f"loading the model for {device.type}")
     model = load_model(args.model, device="cpu")
+    lines.line(0.1, f"segmenting {len(volumes)} image(s){' with 8-flip TTA' if not args.no_tta else ''}")
     with warnings_to_stderr("segment"):
         result = segment(model, volumes, tta=not args.no_tta, device=device, progress=sys.stderr.isatty())
     reference = volumes[0]
+    lines.line(0.95, "writing the lesion mask")
     write_nifti(args.out, result.lesion_mask.astype(bool), like=reference)  # uint8 on disk
     if args.probabilities:
         write_nifti(args.probabilities, result.lesion_probability, like=reference)
@@ -84,4 +93,7 @@ def run(args: argparse.Namespace) -> int:
         write_nifti(args.labels, result.labels, like=reference)
     tags = f" ({', '.join(modalities)})" if modalities else ""
     print(f"lesion volume: {result.lesion_ml:.3f} mL{tags} -> {args.out}")
+    lines.result({"mask": args.out, "lesion_ml": float(result.lesion_ml),
+                  "lesion_voxels": int(result.lesion_mask.sum()), "device": device.type,
+                  "classes": list(result.class_names)})
     return 0

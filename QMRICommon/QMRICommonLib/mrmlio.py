@@ -18,6 +18,10 @@ import vtk
 from qmricore.errors import InputError
 from qmricore.io import Volume, check_outputs, read_volume, write_nifti
 
+#: Node attribute naming the qMRI quantity a volume node holds (``pd``, ``r1``...), set on loaded maps.
+MAP_ATTRIBUTE = "QMRI.Map"
+#: Display names of the maps.
+MAP_TITLES = {"pd": "PD", "r1": "R1", "r2s": "R2s", "mt": "MT", "r2": "R2", "b1t": "B1t", "b1r": "B1r"}
 #: Node attribute holding the file a volume node was read from (headless loads have no storage node).
 SOURCE_ATTRIBUTE = "QMRI.SourceFile"
 

@@ -1,19 +1,20 @@
 """Run long work in a background process and follow it by polling, without Qt.
 
-:class:`BackgroundRunner` starts a command (``sys.executable <worker.py> ...``) in its own session and
-process group, reads its output on two threads and turns it into :class:`RunnerEvent` events that
-:meth:`BackgroundRunner.poll` hands out without blocking (the module's widget calls it from a
-``qt.QTimer``; tests and batch scripts call it in a loop or use :meth:`BackgroundRunner.wait`).
+:class:`BackgroundRunner` starts a command (``python -m qmricore <command> ... --progress-lines``, made
+by :func:`qmricoreCommand`) in its own session, reads its output on two threads and turns it into
+:class:`RunnerEvent` events that :meth:`BackgroundRunner.poll` hands out without blocking (the module's
+widget calls it from a ``qt.QTimer``; tests and batch scripts call it in a loop or use
+:meth:`BackgroundRunner.wait`).
 
-Output protocol of the worker (one line each, on stdout)::
+Output protocol of the command (:mod:`qmricore.cli.progress_lines`; one line each, on stdout)::
 
     PROGRESS <fraction 0..1> <message>     progress
     RESULT <json object>                   the result, before a clean exit
     anything else                          log text
 
-On failure the last non-empty stderr line (the worker prints ``error: <file>: <problem>``) becomes the
-FAILED event's message.  :meth:`BackgroundRunner.cancel` kills the whole process group (the worker and
-anything it started), so nothing is left running.
+On failure the last non-empty stderr line (the CLI prints ``error: <file>: <problem>``) becomes the
+FAILED event's message.  :meth:`BackgroundRunner.cancel` stops the whole process tree (the command and
+anything it started, found with psutil on every platform), so nothing is left running.
 """
 
 from __future__ import annotations
@@ -23,14 +24,17 @@ import enum
 import json
 import os
 import queue
-import signal
+import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 #: Lines of stderr kept for the error message and the log.
 STDERR_TAIL = 50
@@ -57,25 +61,42 @@ class Event:
     result: dict[str, Any] = field(default_factory=dict)
 
 
-def processGroupMembers(pgid: int) -> list[int]:
-    """PIDs of live (non-zombie) processes in a process group, read from ``/proc`` (Linux)."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2:].split()
-        state, group = fields[0], int(fields[2])
-        if group == pgid and state != "Z":
-            members.append(int(entry.name))
-    return members
+def pythonExecutable() -> str:
+    """The Python that runs ``qmricore``: Slicer's ``PythonSlicer`` inside the app (``sys.executable`` there is
+    the application), this interpreter outside it."""
+    import slicer
+
+    if hasattr(slicer, "app"):
+        found = shutil.which("PythonSlicer")
+        if not found:
+            raise RuntimeError("PythonSlicer, Slicer's Python launcher, is not on PATH")
+        return found
+    return sys.executable
+
+
+def qmricoreCommand(*arguments: object) -> list[str]:
+    """``python -m qmricore <arguments> --progress-lines``: a CLI run the runner can follow."""
+    return [pythonExecutable(), "-m", "qmricore", *(str(a) for a in arguments), "--progress-lines"]
+
+
+def liveDescendants(pid: int) -> list[psutil.Process]:
+    """The processes ``pid`` started (children, grandchildren, ...) that are still running (not zombies)."""
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    return [c for c in children if _alive(c)]
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 class BackgroundRunner:
-    """A command running in its own process group, polled for events.
+    """A command running in the background, polled for events.
 
     Parameters
     ----------
@@ -156,28 +177,28 @@ class BackgroundRunner:
             time.sleep(interval)
 
     def cancel(self, grace: float = 3.0) -> None:
-        """Stop the whole process group: SIGTERM, then SIGKILL after ``grace`` seconds; reap the worker."""
+        """Stop the command and everything it started: terminate, then kill what is left after ``grace`` s."""
         if self.process is None or self._done is not None:
             return
         self._cancelled = True
-        pgid = self.process.pid  # start_new_session: the worker leads its own group
-        self._signalGroup(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and (self.process.poll() is None or processGroupMembers(pgid)):
-            time.sleep(0.02)
-        if self.process.poll() is None or processGroupMembers(pgid):
-            self._signalGroup(pgid, signal.SIGKILL)
-        self.process.wait()
-        deadline = time.monotonic() + grace
-        while processGroupMembers(pgid) and time.monotonic() < deadline:
-            time.sleep(0.02)
-
-    @staticmethod
-    def _signalGroup(pgid: int, sig: int) -> None:
+        tree = liveDescendants(self.process.pid)  # before the parent goes: orphans are re-parented away
         try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
+            tree.insert(0, psutil.Process(self.process.pid))
+        except psutil.NoSuchProcess:
             pass
+        for process in tree:
+            try:
+                process.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(tree, timeout=grace)
+        for process in alive:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=grace)
+        self.process.wait()
 
     # ------------------------------------------------------------------ output
     def _readStdout(self) -> None:
