@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pathlib
 import unittest
 from typing import Annotated
 
@@ -30,6 +31,8 @@ from slicer.util import VTKObservationMixin
 
 #: Milliseconds to wait after the last change before the full-volume update (coalesces bursts).
 FULL_UPDATE_DELAY_MS = 150
+#: How often the widget polls a background "Generate brain" run (ms).
+POLL_INTERVAL_MS = 200
 
 
 #
@@ -89,6 +92,9 @@ class QMRISynthParameterNode:
     liveUpdate: bool = True
     qsynthSeed: Annotated[int, WithinRange(0, 999999)] = 0
     sweptParameter: Annotated[str, Choice(["tr", "te", "ti", "flip", "tx", "n", "ti2", "flip2"])] = "tr"
+    ventricleMl: Annotated[float, WithinRange(8.0, 150.0)] = 25.0
+    brainSeed: Annotated[int, WithinRange(0, 999999)] = 0
+    brainModelPath: pathlib.Path = pathlib.Path()
     pdVolume: slicer.vtkMRMLScalarVolumeNode
     r1Volume: slicer.vtkMRMLScalarVolumeNode
     r2sVolume: slicer.vtkMRMLScalarVolumeNode
@@ -131,6 +137,8 @@ class QMRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._simulating = False
         self._fullUpdateTimer = None
         self._panel = None
+        self.job = None
+        self._pollTimer = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -182,6 +190,11 @@ class QMRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.refocusAngleSliderWidget.valueIsChanging.connect(
             lambda value: self.onSliderDragged("refocusAngle", value))
         self.ui.echoSeriesButton.clicked.connect(self.onEchoSeries)
+        self.ui.generateBrainButton.clicked.connect(self.onGenerateBrainButton)
+        self.ui.brainProgressBar.setRange(0, 100)
+        self._pollTimer = qt.QTimer()
+        self._pollTimer.setInterval(POLL_INTERVAL_MS)
+        self._pollTimer.timeout.connect(self.onPoll)
 
         self._fullUpdateTimer = qt.QTimer()
         self._fullUpdateTimer.setSingleShot(True)
@@ -193,6 +206,7 @@ class QMRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         self.removeObservers()
+        self.cancelJob()
         if self._fullUpdateTimer is not None:
             self._fullUpdateTimer.stop()
 
@@ -207,6 +221,7 @@ class QMRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
+        self.cancelJob()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -258,6 +273,7 @@ class QMRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.setEnabled(not missing)
         self.ui.applyButton.setToolTip(_("Simulate the whole volume") if not missing else missing)
         self.ui.synthesizeButton.setEnabled(p.labelVolume is not None)
+        self.updateBrainButton()
         self.ui.exportButton.setEnabled(p.outputVolume is not None)
         if p.liveUpdate and self._ready() and not self._simulating:
             self._fullUpdateTimer.start()
@@ -352,6 +368,73 @@ class QMRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._setStatus(_("Echo series: {name} (choose it in qMRI Segment > Myelin water fraction)").format(
                 name=sequence.GetName()))
 
+    # ------------------------------------------------------------------ generate a brain (background run)
+    def updateBrainButton(self) -> None:
+        """Cancel while a brain is generated; disabled, with the reason as tooltip, without a mask generator."""
+        p = self._parameterNode
+        if p is None:
+            return
+        reason = self.logic.brainUnavailableReason(p.brainModelPath)
+        running = self.job is not None
+        self.ui.generateBrainButton.setText(_("Cancel") if running else _("Generate brain"))
+        self.ui.generateBrainButton.setEnabled(running or not reason)
+        self.ui.generateBrainButton.setToolTip(reason or _("Sample a labelled brain with this ventricle volume in "
+                                                           "the background; it becomes the label map for qSynth"))
+
+    def onGenerateBrainButton(self) -> None:
+        if self.job is not None:
+            self.cancelJob()
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not start generating a brain."), waitCursor=True):
+            self.job = self.logic.startBrainFromParameters(self._parameterNode)
+            self.ui.brainProgressBar.setValue(0)
+            self.ui.brainProgressBar.setVisible(True)
+            self._setStatus(_("Starting..."))
+            self._pollTimer.start()
+        self.updateBrainButton()
+
+    def cancelJob(self) -> None:
+        if self.job is None:
+            return
+        self.job.runner.cancel()
+        self.onPoll()
+
+    def onPoll(self) -> None:
+        from QMRICommonLib.runner import RunnerEvent
+
+        if self.job is None:
+            return
+        for event in self.job.runner.poll():
+            if event.kind is RunnerEvent.PROGRESS:
+                self.ui.brainProgressBar.setValue(int(round(100 * event.fraction)))
+                self._setStatus(event.message)
+            elif event.kind is RunnerEvent.LOG:
+                logging.info("QMRISynth background run: %s", event.message)
+            else:
+                self._finishBrain(event)
+                return
+
+    def _finishBrain(self, event) -> None:
+        job, self.job = self.job, None
+        self._pollTimer.stop()
+        self.ui.brainProgressBar.setVisible(False)
+        try:
+            nodes = self.logic.finishBrainGeneration(job, event)
+        except Exception as error:  # the run's last error line, shown, not swallowed
+            self._setStatus(str(error))
+            slicer.util.errorDisplay(_("Failed: {message}").format(message=error))
+            return
+        finally:
+            self.updateBrainButton()
+        if not nodes:
+            self._setStatus(_("Cancelled."))
+            return
+        self._parameterNode.labelVolume = nodes["labels"]
+        slicer.util.setSliceViewerLayers(label=nodes["labels"], fit=True)
+        self._setStatus(_("Generated brain: ventricles {measured:.1f} mL (requested {requested:g} mL); "
+                          "'Generate maps from labels' turns it into maps").format(
+                              measured=nodes["measured_ml"], requested=nodes["requested_ml"]))
+
     def onPlot(self) -> None:
         from QMRISynthLib.logic import SimulationSettings
 
@@ -379,6 +462,8 @@ class QMRISynthTest(ScriptedLoadableModuleTest):
         self.test_SliceUpdateAndWidget()
         self.setUp()
         self.test_MultiEchoFromMapsAndLabels()
+        self.setUp()
+        self.test_GenerateBrainInTheBackground()
 
     def _maps(self):
         rng = np.random.default_rng(0)
@@ -467,6 +552,34 @@ class QMRISynthTest(ScriptedLoadableModuleTest):
         widget.ui.echoSeriesButton.click()
         series = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSequenceNode")
         self.assertEqual(series.GetNumberOfDataNodes(), 16)
+        self.delayDisplay("Test passed")
+
+    def test_GenerateBrainInTheBackground(self):
+        import torch
+        from qmricore.ldm.models import LDMMasksConfig, build_ldm_masks
+        from qmricore.models.model_file import save_model
+
+        self.delayDisplay("Generate brain: a tiny untrained mask generator, sampled in the background, Cancel")
+        torch.manual_seed(0)
+        config = LDMMasksConfig(shape=(16, 16, 16), reference_ml=5.0, ae_channels=(8, 8), unet_channels=(8, 8),
+                                num_head_channels=8, norm_num_groups=4, context_dim=8)
+        path = os.path.join(slicer.app.temporaryPath, "qmrisynth_test_ldm_masks.pt")
+        save_model(path, build_ldm_masks(config), config)
+        slicer.util.selectModule("QMRISynth")
+        widget = slicer.modules.QMRISynthWidget
+        p = widget._parameterNode
+        p.brainModelPath, p.ventricleMl, p.brainSeed = path, 20.0, 1
+        widget.ui.generateBrainButton.click()
+        self.assertEqual(widget.ui.generateBrainButton.text, "Cancel")
+        widget.ui.generateBrainButton.click()  # cancel
+        self.assertIsNone(widget.job)
+        self.assertEqual(widget.ui.generateBrainButton.text, "Generate brain")
+        widget.ui.generateBrainButton.click()
+        while widget.job is not None:
+            slicer.app.processEvents()
+            qt.QThread.msleep(50)
+        self.assertTrue(p.labelVolume.IsA("vtkMRMLLabelMapVolumeNode"))
+        self.assertEqual(slicer.util.arrayFromVolume(p.labelVolume).shape, (16, 16, 16))
         self.delayDisplay("Test passed")
 
 

@@ -95,6 +95,22 @@ def _alive(process: psutil.Process) -> bool:
         return False
 
 
+@dataclass
+class Job:
+    """A running background command and what is needed to import its result (the module's Logic reads it)."""
+
+    kind: str  # "segment", "estimate", "mwf", "brain"
+    runner: BackgroundRunner
+    folder: Path  # the job's temporary folder: its inputs and outputs, removed by cleanup()
+    referenceNode: Any = None  # the node whose grid the result takes, if any
+    inputs: list[tuple[Any, str]] = field(default_factory=list)
+    model: Path | None = None
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 class BackgroundRunner:
     """A command running in the background, polled for events.
 

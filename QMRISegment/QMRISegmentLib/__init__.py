@@ -11,7 +11,7 @@ the dependency check) is the shared ``QMRICommonLib``.
 
 from __future__ import annotations
 
-from .logic import LESION_COLOR, LESION_TERMINOLOGY, Job, QMRISegmentLogic
+from .logic import LESION_COLOR, LESION_TERMINOLOGY, QMRISegmentLogic
 from .models import MODEL_TABLE_COLUMNS, ModelInfo
 
-__all__ = ["QMRISegmentLogic", "Job", "LESION_TERMINOLOGY", "LESION_COLOR", "ModelInfo", "MODEL_TABLE_COLUMNS"]
+__all__ = ["QMRISegmentLogic", "LESION_TERMINOLOGY", "LESION_COLOR", "ModelInfo", "MODEL_TABLE_COLUMNS"]

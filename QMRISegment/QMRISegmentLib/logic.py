@@ -19,7 +19,6 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +29,15 @@ from QMRICommonLib import mrmlio
 from QMRICommonLib.headless import LogicBase
 from QMRICommonLib.mrmlio import MAP_ATTRIBUTE, MAP_TITLES
 from QMRICommonLib.parameters import MS_PER_S
-from QMRICommonLib.runner import BackgroundRunner, Event, RunnerEvent, qmricoreCommand
+from QMRICommonLib.runner import BackgroundRunner, Event, Job, RunnerEvent, qmricoreCommand
+from QMRICommonLib.shipped import MODEL_FOLDERS, chosenOrShipped, unavailableReason
 
 from qmricore.errors import InputError
 from qmricore.io import Volume, read_volume, write_nifti
 from qmricore.mwf.nnls import MIN_ECHOES, check_te
 
 from . import models
-from .models import MODEL_FOLDERS, ModelInfo
+from .models import ModelInfo
 
 DEFAULT_SEGMENTER = "lesion_seg_qsynth.pt"
 DEFAULT_ESTIMATOR = "qatlas_estimator.pt"
@@ -62,30 +62,6 @@ LESION_TERMINOLOGY = slicer.vtkSlicerTerminologiesModuleLogic.SerializeTerminolo
 #: Node attribute holding a volume's modality tag.
 MODALITY_ATTRIBUTE = "QMRI.Modality"
 TABLE_COLUMNS = ("Segment", "Voxel count", "Volume (mL)", "Inputs", "Model")
-
-
-@dataclass
-class Job:
-    """A running background task and what is needed to import its result."""
-
-    kind: str  # "segment", "estimate" or "mwf"
-    runner: BackgroundRunner
-    folder: Path
-    referenceNode: Any
-    inputs: list[tuple[Any, str]]
-    model: Path | None  # None: NNLS needs no model
-    outputs: dict[str, Any] = field(default_factory=dict)
-
-    def cleanup(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def defaultModelPath(name: str = DEFAULT_SEGMENTER) -> Path | None:
-    """The shipped model file of that name, or None when it is not there."""
-    for folder in MODEL_FOLDERS:
-        if (folder / name).is_file():
-            return folder / name
-    return None
 
 
 def voxelVolumeMl(node: Any) -> float:
@@ -131,16 +107,10 @@ class QMRISegmentLogic(LogicBase):
     @staticmethod
     def resolveModel(path: Any, default: str = DEFAULT_SEGMENTER) -> Path:
         """The model file to use: ``path`` if given, else the shipped one; one-line errors otherwise."""
-        text = "" if path is None else str(path)
-        if text in ("", "."):
-            found = defaultModelPath(default)
-            if found is None:
-                raise InputError(f"no model file selected and the shipped model {default} is not installed "
-                                 f"(looked in {', '.join(str(f) for f in MODEL_FOLDERS)})")
-            return found
-        model = Path(text)
-        if not model.is_file():
-            raise InputError("model file: no such file", model)
+        model = chosenOrShipped(path, default, "model file")
+        if model is None:
+            raise InputError(f"no model file selected and the shipped model {default} is not installed "
+                             f"(looked in {', '.join(str(f) for f in MODEL_FOLDERS)})")
         return model
 
     @staticmethod
@@ -279,23 +249,11 @@ class QMRISegmentLogic(LogicBase):
 
     def mwfModel(self, path: Any = None) -> Path | None:
         """The CNN model file: ``path`` when given (it must exist), else the shipped one, else None."""
-        text = "" if path is None else str(path)
-        if text in ("", "."):
-            return defaultModelPath(DEFAULT_MWF_MODEL)
-        model = Path(text)
-        if not model.is_file():
-            raise InputError("MWF model file: no such file", model)
-        return model
+        return chosenOrShipped(path, DEFAULT_MWF_MODEL, "MWF model file")
 
     def cnnUnavailableReason(self, path: Any = None) -> str:
         """Why the CNN method cannot run now ("" when it can): no model file chosen and none shipped."""
-        try:
-            if self.mwfModel(path) is not None:
-                return ""
-        except InputError as error:
-            return str(error)
-        return (f"The CNN needs a model file: choose one under 'MWF model' (the default "
-                f"Resources/Models/{DEFAULT_MWF_MODEL} is not installed).")
+        return unavailableReason(path, DEFAULT_MWF_MODEL, "MWF model file", "MWF model")
 
     @staticmethod
     def mwfCommand(series: Path, te: float, out: Path, model: Path | None = None,

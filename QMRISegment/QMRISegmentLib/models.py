@@ -19,11 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from QMRICommonLib.shipped import MODEL_FOLDERS
+
 from qmricore.errors import InputError, QMRIError
 
-#: Where the shipped models live, first match wins: the repository's and the module's Resources/Models.
-MODEL_FOLDERS = (Path(__file__).resolve().parents[2] / "Resources" / "Models",
-                 Path(__file__).resolve().parents[1] / "Resources" / "Models")
 #: Environment variable that overrides the user model folder.
 USER_MODEL_FOLDER_ENV = "QMRISEGMENT_MODEL_FOLDER"
 #: Columns of the model table, in order (the widget's header; :meth:`ModelInfo.row` fills them).

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +34,8 @@ from QMRICommonLib import mrmlio
 from QMRICommonLib.headless import LogicBase
 from QMRICommonLib.mrmlio import MAP_ATTRIBUTE, MAP_TITLES
 from QMRICommonLib.parameters import MS_PER_S
+from QMRICommonLib.runner import BackgroundRunner, Event, Job, RunnerEvent, qmricoreCommand
+from QMRICommonLib.shipped import chosenOrShipped, unavailableReason
 
 from qmricore import physics, protocols
 from qmricore.errors import InputError, ParameterError
@@ -47,6 +51,10 @@ from .parameters import (
 
 #: Node attribute holding the JSON of the qSynth draw that made a map node (to reproduce it).
 DRAW_ATTRIBUTE = "QMRI.qSynthDraw"
+#: Node attribute holding the JSON sidecar of a generated brain (classes, requested and measured ventricle volume).
+BRAIN_ATTRIBUTE = "QMRI.GeneratedBrain"
+#: The shipped mask generator of "Generate brain" (Resources/Models/); without it a file must be chosen.
+DEFAULT_BRAIN_GENERATOR = "ldm_masks.pt"
 #: Maps that must not hold negative values (SPEC §13: negative rates are an error).
 NONNEGATIVE_MAPS = ("pd", "r1", "r2s", "r2", "mt")
 #: Number of points along the swept parameter in the signal plot.
@@ -528,6 +536,64 @@ class QMRISynthLogic(LogicBase):
             node.SetAttribute(DRAW_ATTRIBUTE, drawJson)
             nodes[key] = node
         return nodes
+
+    # ------------------------------------------------------------------ generate a brain (latent diffusion)
+    def brainGenerator(self, path: Any = None) -> Path | None:
+        """The mask generator file: ``path`` when given (it must exist), else the shipped one, else None."""
+        return chosenOrShipped(path, DEFAULT_BRAIN_GENERATOR, "mask generator file")
+
+    def brainUnavailableReason(self, path: Any = None) -> str:
+        """Why "Generate brain" cannot run now ("" when it can): no generator chosen and none shipped."""
+        return unavailableReason(path, DEFAULT_BRAIN_GENERATOR, "mask generator file", "Mask generator")
+
+    @staticmethod
+    def brainCommand(model: Path, ventricleMl: float, seed: int, out: Path, device: str = "cpu") -> list[str]:
+        """``python -m qmricore ldm sample ... -n 1 --progress-lines``: one labelled brain into ``out``."""
+        return qmricoreCommand("ldm", "sample", "--model", model, "--ventricle-ml", repr(float(ventricleMl)),
+                               "-n", 1, "--seed", int(seed), "--out", out, "--device", device)
+
+    def startBrainGeneration(self, ventricleMl: float, seed: int, model: Any = None, device: str = "cpu") -> Job:
+        """Start sampling one label map with the requested ventricle volume (mL) in a background process."""
+        modelPath = self.brainGenerator(model)
+        if modelPath is None:
+            raise InputError(self.brainUnavailableReason(model))
+        folder = Path(tempfile.mkdtemp(prefix="qmribrain-"))
+        try:
+            runner = BackgroundRunner(self.brainCommand(modelPath, ventricleMl, seed, folder / "brain", device))
+            runner.start()
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return Job("brain", runner, folder, model=modelPath)
+
+    def startBrainFromParameters(self, p: Any) -> Job:
+        return self.startBrainGeneration(p.ventricleMl, p.brainSeed, p.brainModelPath)
+
+    def finishBrainGeneration(self, job: Job, event: Event) -> dict[str, Any]:
+        """A finished brain job as a new label map node (``{"labels", "requested_ml", "measured_ml"}``); the
+        sample's sidecar (classes, condition, measured volume) is on the node as :data:`BRAIN_ATTRIBUTE`.  A FAILED
+        event raises ``RuntimeError`` with the run's last error line; the temporary folder is removed either way."""
+        try:
+            if event.kind is RunnerEvent.FAILED:
+                raise RuntimeError(event.message)
+            if event.kind is RunnerEvent.CANCELLED:
+                return {}
+            sample = event.result["samples"][0]
+            info = json.loads(Path(sample["sidecar"]).read_text())
+            requested = info["condition"]["ventricle_ml"]
+            node = mrmlio.loadVolumeFile(self.scene, sample["labels"], labelMap=True,
+                                         name=f"brain_seed{info['seed']}_{requested:g}mL")
+            node.SetAttribute(BRAIN_ATTRIBUTE, json.dumps(info))
+            return {"labels": node, "requested_ml": requested, "measured_ml": info["measured_ventricle_ml"]}
+        finally:
+            job.cleanup()
+
+    def generateBrain(self, p: Any, timeout: float | None = None) -> Any:
+        """Generate a brain with a parameter node's settings and wait (batch use); it becomes ``p.labelVolume``."""
+        job = self.startBrainFromParameters(p)
+        nodes = self.finishBrainGeneration(job, job.runner.wait(timeout)[-1])
+        p.labelVolume = nodes["labels"]
+        return nodes["labels"]
 
     # ------------------------------------------------------------------ export
     @staticmethod

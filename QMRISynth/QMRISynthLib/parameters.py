@@ -15,6 +15,7 @@ angles degrees.
 from __future__ import annotations
 
 import math
+import pathlib
 from functools import cache
 from typing import Any
 
@@ -22,6 +23,7 @@ from QMRICommonLib.parameters import NodeSpec, ParameterSpec, echoSpacingSpec
 
 from qmricore import protocols
 from qmricore.generators.synthmap import DEFAULT_CONFIG as SYNTHMAP_DEFAULTS
+from qmricore.ldm.labels import MaskSetConfig
 from qmricore.mwf.nnls import NNLSConfig
 from qmricore.physics import PARAMETER_BOUNDS, SEQUENCES
 
@@ -170,6 +172,24 @@ def synthParameters() -> tuple[ParameterSpec, ...]:
         ParameterSpec("liveUpdate", bool, True, label="Live update"),
         ParameterSpec("qsynthSeed", int, 0, *SEED_RANGE, label="qSynth seed"),
         ParameterSpec("sweptParameter", str, "tr", choices=SEQUENCE_PARAMETERS, label="Swept parameter"),
+        *brainParameters(),
+    )
+
+
+#: The requested ventricle volume a brain starts with (mL): a normal adult's, inside the training range.
+VENTRICLE_ML_DEFAULT = 25.0
+
+
+def brainParameters() -> tuple[ParameterSpec, ...]:
+    """"Generate brain": the requested ventricle volume (the mask generator's training range,
+    ``MaskSetConfig.ventricle_ml_range``), the seed, and the mask generator file."""
+    low, high = MaskSetConfig().ventricle_ml_range
+    return (
+        ParameterSpec("ventricleMl", float, VENTRICLE_ML_DEFAULT, low, high, label="Ventricle volume", unit="mL",
+                      decimals=0, step=1.0),
+        ParameterSpec("brainSeed", int, 0, *SEED_RANGE, label="Brain seed"),
+        ParameterSpec("brainModelPath", pathlib.Path, pathlib.Path(),
+                      label="Mask generator (empty: Resources/Models/ldm_masks.pt)"),
     )
 
 

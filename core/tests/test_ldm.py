@@ -299,6 +299,20 @@ def test_two_stages_train_resume_exactly_and_sample_through_the_cli(anatomy: Pat
     assert image.shape == (16, 16, 16) and np.isfinite(image).all()
     assert math.isfinite(info["measured_ventricle_ml"])
 
+    # --progress-lines (what QMRISynth's "Generate brain" follows): a line per denoising step, then RESULT
+    capsys.readouterr()
+    assert main(["ldm", "sample", "--model", str(straight), "--ventricle-ml", "6", "-n", "2", "--seed", "1",
+                 "--steps", "3", "--out", str(anatomy / "followed"), "--progress-lines"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    fractions = [float(line.split()[1]) for line in printed if line.startswith("PROGRESS ")]
+    assert len(fractions) == 1 + 1 + 2 * 3 + 1 and fractions == sorted(fractions) and fractions[-1] == 1.0
+    result = json.loads(next(line for line in printed if line.startswith("RESULT "))[len("RESULT "):])
+    assert [Path(s["labels"]).name for s in result["samples"]] == ["sample_0000_labels.nii.gz",
+                                                                    "sample_0001_labels.nii.gz"]
+    again = json.loads((anatomy / "followed" / "sample_0001.json").read_text())
+    assert result["samples"][1]["measured_ventricle_ml"] == again["measured_ventricle_ml"] == \
+        info["measured_ventricle_ml"]  # the same seed draws the same brain, followed or not
+
 
 # -- the SPADE image generator (item 3) --------------------------------------------------------------------------
 

@@ -20,6 +20,8 @@ import argparse
 import os
 
 from ..training.cli_args import add_arguments, read_config
+from . import progress_lines
+from .progress_lines import ProgressLines
 
 ENDINGS = ("_labels.nii.gz", "_image.nii.gz", ".json")
 
@@ -61,6 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     image.add_argument("--images", metavar="IMAGES.pt", help="also write the SPADE image generator's image per sample")
     sample.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
     sample.add_argument("--replace", action="store_true", help="remove an earlier run's samples in --out first")
+    progress_lines.add_argument(sample)
     sample.set_defaults(run=run_sample)
 
 
@@ -88,7 +91,7 @@ def run_sample(args: argparse.Namespace) -> int:
     from ..generators.priors import load_priors
     from ..io import Volume, atomic_file, check_outputs, write_nifti
     from ..ldm.labels import grid_affine
-    from ..ldm.sample import SampleRequest, labels_of, render, sample_classes, sidecar
+    from ..ldm.sample import SampleRequest, denoising_steps, labels_of, render, sample_classes, sidecar
     from ..models.model_file import load_model
     from ..protocols import preset
     from .synth import clear_older_samples
@@ -113,13 +116,18 @@ def run_sample(args: argparse.Namespace) -> int:
     check_outputs(outputs, inputs, folders=[out])
     clear_older_samples(out, [p for p in inputs if p], args.replace, ENDINGS)
 
+    lines = ProgressLines(args.progress_lines)
+    lines.line(0.0, "loading the generator")
     model = load_model(args.model, device=device).network
     images = load_model(args.images, device=device).network if args.images else None
     priors = load_priors()
     affine = grid_affine(config.shape, config.spacing_mm)
     like = Volume(np.zeros(config.shape, np.float32), affine)
+    step = lines.counting(lambda count: None, args.n * denoising_steps(model, request), "denoising step", "running",
+                          stop=0.95)
+    written = []
     for index in range(args.n):
-        classes = sample_classes(model, dataclasses.replace(request, n=1), first=index)[0]
+        classes = sample_classes(model, dataclasses.replace(request, n=1), first=index, progress=step)[0]
         labels = labels_of(classes, priors)
         info = sidecar(classes, affine, request, index, priors, args.model, config.reference_ml)
         write_nifti(out / f"sample_{index:04d}_labels.nii.gz", labels, like)
@@ -138,8 +146,13 @@ def run_sample(args: argparse.Namespace) -> int:
             info["image"] = {"model": str(args.images), "preset": images.config.preset, "steps": args.steps}
         with atomic_file(out / f"sample_{index:04d}.json", "w") as stream:
             stream.write(json.dumps(info, indent=2) + "\n")
+        stem = out / f"sample_{index:04d}"
+        written.append({"labels": f"{stem}_labels.nii.gz", "sidecar": f"{stem}.json",
+                        "measured_ventricle_ml": info["measured_ventricle_ml"],
+                        **({"image": f"{stem}_image.nii.gz"} if args.render or images else {})})
         print(f"sample {index}: ventricles {info['measured_ventricle_ml']:.1f} mL (requested {args.ventricle_ml:g})")
     print(f"wrote {args.n} sample(s) to {out}")
+    lines.result({"samples": written})
     return 0
 
 

@@ -9,6 +9,7 @@ one batch and combines them: ``eps = eps_null + guidance · (eps_cond − eps_nu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,14 +55,21 @@ def start_noise(model: LDMMasks, seed: int, index: int, device: torch.device | s
     return torch.randn((1, *model.config.latent_shape), generator=generator).to(device)
 
 
+def denoising_steps(model: LDMMasks, request: SampleRequest) -> int:
+    """How many DDIM steps a sample takes: the request's, at most the training schedule's length."""
+    return min(request.steps, model.config.timesteps)
+
+
 @torch.no_grad()
-def sample_classes(model: LDMMasks, request: SampleRequest, first: int = 0) -> np.ndarray:
-    """``request.n`` class maps ``(n, X, Y, Z)`` (LDM class indices), samples ``first … first + n − 1``."""
+def sample_classes(model: LDMMasks, request: SampleRequest, first: int = 0,
+                   progress: Callable[[int], object] | None = None) -> np.ndarray:
+    """``request.n`` class maps ``(n, X, Y, Z)`` (LDM class indices), samples ``first … first + n − 1``;
+    ``progress(1)`` after each denoising step."""
     from .models import make_scheduler
 
     device = model.scale_factor.device
     scheduler = make_scheduler(model.config)
-    scheduler.set_timesteps(min(request.steps, model.config.timesteps), device=device)
+    scheduler.set_timesteps(denoising_steps(model, request), device=device)
     z = torch.cat([start_noise(model, request.seed, first + i, device) for i in range(request.n)])
     volume = torch.full((request.n,), float(request.ventricle_ml), device=device)
     cond = model.condition_vector(volume)
@@ -69,6 +77,8 @@ def sample_classes(model: LDMMasks, request: SampleRequest, first: int = 0) -> n
         steps = torch.full((request.n,), int(t), device=device, dtype=torch.long)
         eps = model.guided_eps(z, steps, cond, request.guidance)
         z, _ = scheduler.step(eps, int(t), z)
+        if progress is not None:
+            progress(1)
     return model.decode(z).argmax(1).cpu().numpy()
 
 
