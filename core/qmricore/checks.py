@@ -55,7 +55,8 @@ from .errors import QMRIError
 from .io import Volume, read_volume
 
 __all__ = ["RealHead", "REAL_HEADS", "load_real_head", "lesion_shape", "paint_t1_lesion", "check_segmenter",
-           "check_estimator", "check_mwf", "lesion_into_maps", "markdown_report", "HELDOUT_HEAD_SEEDS", "LESION_TISSUE"]
+           "check_estimator", "check_mwf", "check_ldm_masks", "mask_validity", "lesion_into_maps", "markdown_report",
+           "HELDOUT_HEAD_SEEDS", "LESION_TISSUE"]
 
 #: Seeds of the held-out heads (the shipped Resources/TrainingAnatomy uses seeds 0-19).
 HELDOUT_HEAD_SEEDS = (1000, 1001, 1002, 1003)
@@ -440,6 +441,99 @@ def check_mwf(model_path: str | Path, *, n_heldout: int = 2, snrs: Sequence[floa
 
 
 # ------------------------------------------------------------------------------------------------------------
+# Mask generators (latent diffusion)
+# ------------------------------------------------------------------------------------------------------------
+
+#: Ventricle volumes (mL) a mask generator is asked for: log-spaced over the training range (8-150 mL).
+LDM_REQUESTS_ML = (10.0, 18.0, 32.0, 56.0, 100.0, 140.0)
+#: Brain classes whose mean Dice measures how close a sample is to a training mask.
+LDM_DICE_CLASSES = ("gm", "wm", "csf", "ventricles")
+
+
+def _mean_class_dice(a: np.ndarray, b: np.ndarray) -> float:
+    from .ldm.labels import LDM_CLASSES
+
+    return float(np.mean([_dice(a == LDM_CLASSES.index(c), b == LDM_CLASSES.index(c)) for c in LDM_DICE_CLASSES]))
+
+
+def mask_validity(classes: np.ndarray) -> dict[str, float]:
+    """Anatomical sanity of one generated class map: the share of brain voxels outside the largest connected
+    brain component (stray pieces), the number of ventricle components, and the share of ventricle voxels with a
+    face neighbour outside the brain (ventricles must lie inside it)."""
+    from .ldm.labels import LDM_CLASSES
+
+    brain = classes > 0
+    parts, count = ndimage.label(brain)
+    largest = np.bincount(parts.ravel())[1:].max() if count else 0
+    vent = classes == LDM_CLASSES.index("ventricles")
+    _, vent_parts = ndimage.label(vent)
+    touching = vent & ndimage.binary_dilation(~brain)
+    return {"stray_fraction": float(1 - largest / max(1, brain.sum())), "ventricle_components": int(vent_parts),
+            "ventricle_outside_fraction": float(touching.sum() / max(1, vent.sum())),
+            "brain_voxels": int(brain.sum())}
+
+
+def check_ldm_masks(model_path: str | Path, labels: str | Path, *, requests: Sequence[float] = LDM_REQUESTS_ML,
+                    per_request: int = 4, seed: int = 0, steps: int | None = None) -> dict[str, Any]:
+    """A mask generator against its goals: per requested ventricle volume, ``per_request`` samples' measured
+    volumes (relative error, monotonic medians), validity (:func:`mask_validity`), the Dice to the nearest
+    training mask (each training anatomy undeformed, its ventricles set to the sample's volume; mean Dice over
+    :data:`LDM_DICE_CLASSES`) beside the same number for fresh training draws, and CPU seconds per sample."""
+    import dataclasses
+
+    from .datasets import label_files
+    from .ldm.labels import MaskDraw, MaskSet, MaskSetConfig, apply_mask, ventricle_ml
+    from .ldm.sample import SampleRequest, sample_classes
+    from .models.model_file import load_model
+
+    model = load_model(model_path, device="cpu").network
+    config = model.config
+    training = MaskSet(label_files(labels), MaskSetConfig(), config.shape, config.spacing_mm)
+    voxel_ml = config.spacing_mm ** 3 / 1000.0
+    affine = np.diag([config.spacing_mm] * 3 + [1.0])
+
+    def nearest(classes: np.ndarray) -> float:
+        """Mean-class Dice to the closest training anatomy, undeformed, with the sample's ventricle volume."""
+        measured = max(ventricle_ml(classes, affine), voxel_ml)
+        return max(_mean_class_dice(classes, apply_mask(anatomy, MaskDraw(i, measured, (1.0,) * 3, (0.0,) * 3),
+                                                        config.shape, config.spacing_mm))
+                   for i, anatomy in enumerate(training.anatomies))
+
+    rows, samples = [], []
+    base = SampleRequest(ventricle_ml=requests[0], n=per_request, seed=seed)
+    if steps is not None:
+        base = dataclasses.replace(base, steps=steps)
+    for k, request_ml in enumerate(requests):
+        request = dataclasses.replace(base, ventricle_ml=float(request_ml))
+        tick = time.perf_counter()
+        batch = sample_classes(model, request, first=k * per_request)
+        seconds = (time.perf_counter() - tick) / per_request
+        measured = [ventricle_ml(c, affine) for c in batch]
+        for classes, ml in zip(batch, measured, strict=True):
+            samples.append({"requested_ml": float(request_ml), "measured_ml": ml, **mask_validity(classes),
+                            "nearest_training_dice": nearest(classes)})
+        rows.append({"requested_ml": float(request_ml), "measured_median_ml": float(np.median(measured)),
+                     "median_relative_error": float(np.median(np.abs(np.array(measured) - request_ml) / request_ml)),
+                     "seconds_per_sample": seconds})
+    medians = [r["measured_median_ml"] for r in rows]
+    fresh = [nearest(training.sample(index, seed=10_000 + seed)[0]) for index in range(len(training.anatomies))]
+    summary = {
+        "median_relative_error": float(np.median([abs(s["measured_ml"] - s["requested_ml"]) / s["requested_ml"]
+                                                  for s in samples])),
+        "monotonic": bool(all(b > a for a, b in zip(medians, medians[1:], strict=False))),
+        "max_stray_fraction": float(max(s["stray_fraction"] for s in samples)),
+        "median_ventricle_outside_fraction": float(np.median([s["ventricle_outside_fraction"] for s in samples])),
+        "median_ventricle_components": float(np.median([s["ventricle_components"] for s in samples])),
+        "nearest_training_dice_median": float(np.median([s["nearest_training_dice"] for s in samples])),
+        "nearest_training_dice_max": float(max(s["nearest_training_dice"] for s in samples)),
+        "training_draws_nearest_dice_median": float(np.median(fresh)),
+        "seconds_per_sample": float(np.median([r["seconds_per_sample"] for r in rows])),
+        "steps": base.steps, "guidance": base.guidance, "samples": len(samples),
+    }
+    return {"model": str(model_path), "ldm_requests": rows, "ldm_samples": samples, "ldm_summary": summary}
+
+
+# ------------------------------------------------------------------------------------------------------------
 # Report
 # ------------------------------------------------------------------------------------------------------------
 
@@ -483,6 +577,26 @@ def markdown_report(report: dict[str, Any]) -> str:
                   f"| {r['nnls_gm_median_abs_error']:.4f} | {r['cnn_gm_median_abs_error']:.4f} "
                   f"| {r['nnls_bias']:+.4f} | {r['cnn_bias']:+.4f} | {r['nnls_seconds']:.1f} | {r['cnn_seconds']:.1f} |"
                   for r in report["mwf"]]
+    if "ldm_requests" in report:
+        summary = report["ldm_summary"]
+        lines += ["| requested ventricles (mL) | measured, median (mL) | median relative error | CPU s per sample |",
+                  "|---|---|---|---|"]
+        lines += [f"| {r['requested_ml']:g} | {r['measured_median_ml']:.1f} | {r['median_relative_error']:.2f} "
+                  f"| {r['seconds_per_sample']:.1f} |" for r in report["ldm_requests"]]
+        lines += ["", "| goal | measured |", "|---|---|",
+                  f"| median relative volume error ≤ 0.20 | {summary['median_relative_error']:.2f} |",
+                  f"| medians increase with the request | {'yes' if summary['monotonic'] else 'no'} |",
+                  f"| no stray components (largest share outside the main brain piece) "
+                  f"| {summary['max_stray_fraction']:.3f} |",
+                  f"| ventricles inside the brain (median share touching the outside) "
+                  f"| {summary['median_ventricle_outside_fraction']:.3f} |",
+                  f"| ventricle components (median) | {summary['median_ventricle_components']:g} |",
+                  f"| not copies: Dice to the nearest training mask, median / max "
+                  f"| {summary['nearest_training_dice_median']:.3f} / {summary['nearest_training_dice_max']:.3f} |",
+                  f"| (the same for fresh training draws, median) "
+                  f"| {summary['training_draws_nearest_dice_median']:.3f} |",
+                  f"| samples ({summary['steps']} DDIM steps, guidance {summary['guidance']:g}) "
+                  f"| {summary['samples']} |"]
     return "\n".join(lines) + "\n"
 
 

@@ -365,3 +365,42 @@ def test_image_generator_trains_both_stages_and_sample_writes_its_images(anatomy
     assert info["image"]["preset"] == "T1 SPGR"
     image = np.asarray(nib.load(str(out / "sample_0000_image.nii.gz")).dataobj)
     assert image.shape == (16, 16, 16) and np.isfinite(image).all()
+
+
+# -- the mask generator's goals (qmricore check-model on an ldm_masks model, item 5) ------------------------------
+
+def test_mask_validity_counts_stray_pieces_and_ventricles_at_the_outside() -> None:
+    from qmricore.checks import mask_validity
+
+    classes = np.zeros((12, 12, 12), np.int64)
+    classes[2:10, 2:10, 2:10] = LDM_CLASSES.index("wm")  # 512 brain voxels
+    classes[4:6, 4:6, 4:6] = LDM_CLASSES.index("ventricles")  # 8 inside
+    classes[11, 11, 11] = LDM_CLASSES.index("gm")  # a stray voxel
+    v = mask_validity(classes)
+    assert v["stray_fraction"] == pytest.approx(1 / 513) and v["ventricle_components"] == 1
+    assert v["ventricle_outside_fraction"] == 0.0
+    classes[2, 5, 5] = LDM_CLASSES.index("ventricles")  # a second piece, on the brain's surface
+    v = mask_validity(classes)
+    assert v["ventricle_components"] == 2 and v["ventricle_outside_fraction"] == pytest.approx(1 / 9)
+
+
+def test_check_model_reports_a_mask_generator_against_its_goals(anatomy: Path, tmp_path: Path, capsys) -> None:
+    from qmricore.checks import check_ldm_masks, markdown_report
+
+    model = _tiny_model(timesteps=3)  # a 3-step schedule: the CLI's default 50 DDIM steps become 3
+    model.scale_factor.fill_(1.0)
+    path = save_model(tmp_path / "g.pt", model, model.config)
+    report = check_ldm_masks(path, anatomy / "labels", requests=(3.0, 6.0), per_request=2, steps=3)
+    assert [r["requested_ml"] for r in report["ldm_requests"]] == [3.0, 6.0] and len(report["ldm_samples"]) == 4
+    for sample in report["ldm_samples"]:
+        assert 0 <= sample["nearest_training_dice"] <= 1 and 0 <= sample["stray_fraction"] <= 1
+        assert sample["measured_ml"] == pytest.approx(sample["measured_ml"])  # finite
+    summary = report["ldm_summary"]
+    assert isinstance(summary["monotonic"], bool) and 0 <= summary["training_draws_nearest_dice_median"] <= 1
+    # a training draw of the anatomy itself sits close to its undeformed version (the copy detector works)
+    assert summary["training_draws_nearest_dice_median"] > 0.5
+    text = markdown_report(report)
+    assert "median relative volume error ≤ 0.20" in text and "Dice to the nearest training mask" in text
+    status = main(["check-model", "--model", str(path), "--out", str(tmp_path / "checks"), "--heldout", "1",
+                   "--training-labels", str(anatomy / "labels")])
+    assert status == 0 and json.loads((tmp_path / "checks" / "checks.json").read_text())["ldm_summary"]["samples"] == 6
